@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# One script for all set-up on a fresh Debian 12 machine as root, then the job asked for:
+#   bash bootstrap.sh run    the main job: doctor, then DAPB on the embedded testbed mesh
+#   bash bootstrap.sh test   the whole test suite (lint + pytest); what CI runs
+#   bash bootstrap.sh setup  set-up only
+# Set-up is idempotent: apt packages, bpffs, the venv with pinned dependencies, the BPF objects.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+APT_PACKAGES=(clang llvm lld libbpf-dev libbpf1 bpftool iproute2 iptables tcpdump make python3-venv)
+
+log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
+
+install_apt() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if ((${#missing[@]})); then
+        log "installing Debian packages: ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+mount_fs() {
+    if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
+        log "mounting bpffs at /sys/fs/bpf"
+        mount -t bpf bpf /sys/fs/bpf
+    fi
+}
+
+install_venv() {
+    local stamp="$VENV/.installed"
+    if [[ -f "$stamp" && "$stamp" -nt requirements.txt && "$stamp" -nt pyproject.toml ]]; then
+        return
+    fi
+    log "creating the venv with pinned Python dependencies"
+    [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+    "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+    touch "$stamp"
+}
+
+build_bpf() {
+    if [[ -f bpf/Makefile ]]; then
+        log "building BPF objects"
+        make -s -C bpf
+    fi
+}
+
+setup() {
+    install_apt
+    mount_fs
+    install_venv
+    build_bpf
+}
+
+case "${1:-}" in
+    setup) setup ;;
+    run)
+        setup
+        "$VENV/bin/dapb" doctor
+        "$VENV/bin/dapb" demo
+        ;;
+    test)
+        setup
+        "$VENV/bin/ruff" check dapb_mesh tests
+        exec "$VENV/bin/pytest" -q
+        ;;
+    *)
+        echo "usage: bash bootstrap.sh run|test|setup" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,250 @@
+"""Every setting of dapb-mesh as pydantic models, loaded from YAML and DAPB_* environment variables.
+
+Units are part of the field name (``_bytes``, ``_ms``, ...). A number is taken in that unit; a string may carry
+its own unit ("16KiB", "5ms", "250us") and is converted, and a string in the wrong kind of unit ("5ms" for a
+size) is rejected. Errors name the field path and the value, as ``ConfigError`` lines.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
+_TIME_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
+_QUANTITY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Zµ]*)\s*$")
+
+
+def _with_unit(units: dict[str, float], kind: str):
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a {kind}, got a boolean")
+        if not isinstance(value, str):
+            return value
+        match = _QUANTITY.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a {kind} (examples: {', '.join(list(units)[:3])})")
+        number, unit = float(match.group(1)), match.group(2).lower()
+        if unit == "":
+            return number
+        if unit not in units:
+            raise ValueError(f"{value!r} has unit {unit!r}, which is not a {kind} unit ({', '.join(units)})")
+        return number * units[unit]
+
+    return BeforeValidator(parse)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+Finite = BeforeValidator(_finite)
+Bytes = Annotated[int, _with_unit(_SIZE_UNITS, "size"), Field(ge=0)]
+Millis = Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(ge=0)]
+Weight = Annotated[float, Finite, Field(ge=0)]
+Fraction = Annotated[float, Finite, Field(ge=0, le=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True)
+
+
+class PolicyConfig(_Strict):
+    """The paper's parameters (eq. 1-7) and the mitigations of its section 6."""
+
+    b_min_bytes: Bytes = 0
+    """B_min: buffer for latency-sensitive traffic; 0 means every write leaves at once (eq. 1)."""
+    b_max_bytes: Bytes = 16384
+    """B_max: buffer for throughput traffic and the ceiling of eq. 5."""
+    alpha_bytes_per_ms: Weight = 64.0
+    """alpha: bytes of buffer added per ms of RTT (eq. 2)."""
+    beta_bytes_per_loss: Weight = 20000.0
+    """beta: bytes added per unit of loss rate (1.0 = every segment lost) (eq. 2)."""
+    gamma_bytes_per_ms: Weight = 32.0
+    """gamma: bytes added per ms of jitter (eq. 2)."""
+    t_base_ms: Millis = 2.0
+    """T_base: the timeout with a perfect network (eq. 3)."""
+    t_max_ms: Millis = 50.0
+    """T_max: hard ceiling on any hold; no byte waits longer than this."""
+    delta: Weight = 0.5
+    """delta: ms of timeout per ms of RTT (eq. 3)."""
+    epsilon_ms_per_loss: Weight = 200.0
+    """epsilon: ms of timeout per unit of loss rate (eq. 3)."""
+    xi: Weight = 1.0
+    """xi: ms of timeout per ms of jitter (eq. 3)."""
+    u_threshold: Fraction = 0.5
+    """U_th: flush at once when the mean urgency U(t) exceeds it (eq. 6)."""
+    eta_per_byte: Weight = 0.001
+    """eta: energy cost per buffered byte (eq. 7), arbitrary energy units."""
+    theta_per_ms: Weight = 0.1
+    """theta: energy cost per ms of waiting (eq. 7)."""
+    confidence_floor: Fraction = 0.6
+    """Predictions with a lower confidence are ignored in favour of the static thresholds."""
+    min_hold_bytes: Bytes = 128
+    """A B(t) smaller than this is sent at once: no two small messages would fit, so holding only adds delay."""
+    static_buffer_bytes: Bytes = 1448
+    """The Nagle-like fallback buffer: one MSS on a 1500 B MTU link."""
+    static_timeout_ms: Millis = 8.0
+    """The Nagle-like fallback timeout: the kernel's shortest delayed-ACK bound here."""
+    hysteresis_rtt_fraction: Weight = 0.2
+    """A decision changes only when RTT moves by more than this fraction ..."""
+    hysteresis_loss: Fraction = 0.005
+    """... or the loss rate by more than this (absolute) ..."""
+    hysteresis_jitter_ms: Millis = 1.0
+    """... or the jitter by more than this, or the class or urgency changes."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PolicyConfig:
+        if self.b_min_bytes > self.b_max_bytes:
+            raise ValueError(f"b_min_bytes ({self.b_min_bytes}) must not exceed b_max_bytes ({self.b_max_bytes})")
+        if self.t_base_ms > self.t_max_ms:
+            raise ValueError(f"t_base_ms ({self.t_base_ms}) must not exceed t_max_ms ({self.t_max_ms})")
+        if not self.b_min_bytes <= self.static_buffer_bytes <= self.b_max_bytes:
+            raise ValueError(
+                f"static_buffer_bytes ({self.static_buffer_bytes}) must lie in "
+                f"[b_min_bytes, b_max_bytes] = [{self.b_min_bytes}, {self.b_max_bytes}]"
+            )
+        if not self.t_base_ms <= self.static_timeout_ms <= self.t_max_ms:
+            raise ValueError(
+                f"static_timeout_ms ({self.static_timeout_ms}) must lie in "
+                f"[t_base_ms, t_max_ms] = [{self.t_base_ms}, {self.t_max_ms}]"
+            )
+        return self
+
+
+class EstimatorConfig(_Strict):
+    """Windows of the condition estimators that make C(t)."""
+
+    rtt_gain: Annotated[float, Finite, Field(gt=0, le=1)] = 0.125
+    """Weight of a new RTT sample in the smoothed RTT (RFC 6298 alpha)."""
+    jitter_gain: Annotated[float, Finite, Field(gt=0, le=1)] = 1 / 16
+    """Weight of a new deviation in the jitter (RFC 3550 uses 1/16)."""
+    loss_window_segments: Annotated[int, Field(ge=1)] = 1000
+    """Loss is retransmits over segments sent within this many recent segments."""
+    max_rtt_ms: Millis = 10_000.0
+    """RTT samples above this are absurd telemetry: ignored and counted."""
+
+
+class KernelConfig(_Strict):
+    """What the kernel can enforce: the delayed-ACK bound moves in ticks above a floor (CONFIG_HZ=250 here)."""
+
+    delack_floor_ms: Millis = 8.0
+    """Shortest delayed-ACK bound the kernel accepts (TCP_BPF_RTO_MIN >= 5 ms caps it at 8 ms here)."""
+    tick_ms: Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(gt=0)] = 4.0
+    """One jiffy: bounds are enforced in these steps."""
+    bpffs: Path = Path("/sys/fs/bpf")
+    cgroup2_root: Path = Path("/sys/fs/cgroup/unified")
+
+
+class Settings(_Strict):
+    """The whole configuration file."""
+
+    policy: PolicyConfig = PolicyConfig()
+    estimator: EstimatorConfig = EstimatorConfig()
+    kernel: KernelConfig = KernelConfig()
+
+
+class ConfigError(ValueError):
+    """Configuration rejected; each line names a field path, the bad value and why."""
+
+
+ENV_PREFIX = "DAPB_"
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """DAPB_POLICY__B_MAX_BYTES=32KiB becomes {"policy": {"b_max_bytes": "32KiB"}}."""
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{source}: {where} = {item.get('input')!r}: {message}")
+    return ConfigError("\n".join(lines))
+
+
+def parse_settings(data: dict[str, Any], source: str = "configuration") -> Settings:
+    """Validate a mapping into Settings or raise ConfigError naming each bad field."""
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise _describe(error, source) from None
+
+
+def load_settings(path: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from an optional YAML file, then DAPB_SECTION__FIELD environment variables on top."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    if env:
+        source = f"{source} + environment ({ENV_PREFIX}*)"
+    return parse_settings(_merge(data, env), source)
+
+
+def settings_reference() -> str:
+    """docs/configuration.md, generated from the models so that the reference cannot drift from the code."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `dapb config reference` from `dapb_mesh/config.py`. A YAML file (`--config`) holds the",
+        "sections below; `DAPB_SECTION__FIELD=value` environment variables override it. Numbers are in the unit",
+        "of the field name; strings may carry a unit (`16KiB`, `5ms`, `250us`).",
+    ]
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        lines += [
+            "",
+            f"## `{section}`",
+            "",
+            (model.__doc__ or "").strip(),
+            "",
+            "| field | default | meaning |",
+            "|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            lines.append(f"| `{name}` | `{info.default}` | {(info.description or '').strip()} |")
+    return "\n".join(lines) + "\n"

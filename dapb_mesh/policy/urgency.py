@@ -1,0 +1,52 @@
+"""Selective buffering (eq. 6): per-packet urgency u_i in [0, 1], the mean U(t), and the flush rule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+# DSCP code points DAPB uses to carry a class to the kernel (RFC 4594 names). One definition: bpf/dapb.h
+# mirrors these numbers and a test checks they agree.
+DSCP_LATENCY = 46  # EF: send at once
+DSCP_THROUGHPUT = 10  # AF11: coalesce up to B_max
+DSCP_DEFAULT = 0  # best effort: the formula decides
+
+# Urgency implied by well-known DSCP values when traffic arrives already marked.
+_DSCP_URGENCY = {
+    46: 1.0,  # EF
+    44: 1.0,  # VOICE-ADMIT
+    40: 0.9,  # CS5 signalling
+    48: 1.0,  # CS6 network control
+    56: 1.0,  # CS7
+    34: 0.8,  # AF41 interactive video
+    26: 0.6,  # AF31
+    18: 0.5,  # AF21 low-latency data
+    10: 0.1,  # AF11 high-throughput data
+    8: 0.0,  # CS1 lower effort
+    1: 0.0,  # LE (RFC 8622)
+}
+
+
+def clamp_urgency(u: float) -> float:
+    """Keep u_i in [0, 1]; NaN counts as not urgent."""
+    if math.isnan(u):
+        return 0.0
+    return min(1.0, max(0.0, u))
+
+
+def dscp_urgency(dscp: int, default: float = 0.3) -> float:
+    """u_i from the DSCP bits of an IP header; unknown code points get ``default``."""
+    if not 0 <= dscp <= 63:
+        raise ValueError(f"DSCP must be in 0..63, got {dscp}")
+    return _DSCP_URGENCY.get(dscp, default)
+
+
+def mean_urgency(urgencies: Iterable[float]) -> float:
+    """U(t) = (1/N) * sum(u_i) over the buffered packets (eq. 6); an empty buffer has U = 0."""
+    values = [clamp_urgency(u) for u in urgencies]
+    return sum(values) / len(values) if values else 0.0
+
+
+def should_flush(urgencies: Iterable[float], buffered_bytes: int, buffer_bytes: int, u_threshold: float) -> bool:
+    """Send the buffer now if U(t) > U_th or the buffer holds B(t) bytes or more (eq. 6 and the text after it)."""
+    return buffered_bytes >= buffer_bytes or mean_urgency(urgencies) > u_threshold

@@ -1,0 +1,70 @@
+"""The CLI contracts: `dapb policy explain --json` fields and bounds, and errors that name the bad value."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dapb_mesh.config import Settings
+
+
+def dapb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dapb_mesh.cli", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_policy_explain_json_within_bounds():
+    out = dapb(
+        "policy", "explain", "--rtt-ms", "20", "--loss", "0.01", "--jitter-ms", "3", "--sensitivity", "auto", "--json"
+    )
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    p = Settings().policy
+    assert p.b_min_bytes <= d["buffer_bytes"] <= p.b_max_bytes
+    assert p.t_base_ms <= d["timeout_ms"] <= p.t_max_ms
+    assert d["enforced_timeout_ms"] >= d["timeout_ms"]
+    assert {"energy", "knobs", "reason", "fallback"} <= d.keys()
+
+
+def test_policy_explain_latency_gives_b_min():
+    out = dapb(
+        "policy",
+        "explain",
+        "--rtt-ms",
+        "20",
+        "--loss",
+        "0.01",
+        "--jitter-ms",
+        "3",
+        "--sensitivity",
+        "latency",
+        "--json",
+    )
+    d = json.loads(out.stdout)
+    assert d["buffer_bytes"] == Settings().policy.b_min_bytes
+    assert d["knobs"]["nodelay"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--rtt-ms", "-1", "--loss", "0", "--jitter-ms", "0"], "--rtt-ms"),
+        (["--rtt-ms", "1", "--loss", "1.5", "--jitter-ms", "0"], "--loss"),
+        (["--rtt-ms", "nan", "--loss", "0", "--jitter-ms", "0"], "--rtt-ms"),
+        (["--rtt-ms", "1", "--loss", "0", "--jitter-ms", "0", "--sensitivity", "fast"], "--sensitivity"),
+    ],
+)
+def test_invalid_cli_values_exit_nonzero_naming_the_option(args, named):
+    out = dapb("policy", "explain", *args)
+    assert out.returncode != 0
+    assert named in out.stderr
+
+
+def test_invalid_configuration_exits_nonzero_naming_the_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("policy:\n  b_min_bytes: 9000\n  b_max_bytes: 100\n")
+    out = dapb("policy", "explain", "--rtt-ms", "1", "--loss", "0", "--jitter-ms", "0", "--config", str(path))
+    assert out.returncode == 2
+    assert "b_min_bytes" in out.stderr and "9000" in out.stderr
