@@ -64,13 +64,36 @@ def lib() -> ctypes.CDLL:
         so = ctypes.CDLL(name, use_errno=True)
     except OSError as error:
         raise LibbpfError(errno.ENOENT, f"cannot load libbpf ({name}): {error}; install libbpf1") from None
-    c_int, c_uint, c_void_p = ctypes.c_int, ctypes.c_uint, ctypes.c_void_p
+    c_int, c_uint, c_void_p, c_char_p = ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ctypes.c_char_p
     signatures: dict[str, tuple[list, type | None]] = {
         "libbpf_major_version": ([], c_uint),
         "libbpf_minor_version": ([], c_uint),
         "libbpf_probe_bpf_prog_type": ([c_int, c_void_p], c_int),
         "libbpf_probe_bpf_map_type": ([c_int, c_void_p], c_int),
         "libbpf_probe_bpf_helper": ([c_int, c_int, c_void_p], c_int),
+        "libbpf_num_possible_cpus": ([], c_int),
+        "bpf_object__open_file": ([c_char_p, c_void_p], c_void_p),
+        "bpf_object__load": ([c_void_p], c_int),
+        "bpf_object__close": ([c_void_p], None),
+        "bpf_object__find_program_by_name": ([c_void_p, c_char_p], c_void_p),
+        "bpf_object__find_map_by_name": ([c_void_p, c_char_p], c_void_p),
+        "bpf_program__fd": ([c_void_p], c_int),
+        "bpf_program__attach_cgroup": ([c_void_p, c_int], c_void_p),
+        "bpf_map__fd": ([c_void_p], c_int),
+        "bpf_map__reuse_fd": ([c_void_p, c_int], c_int),
+        "bpf_link__pin": ([c_void_p, c_char_p], c_int),
+        "bpf_link__fd": ([c_void_p], c_int),
+        "bpf_link__destroy": ([c_void_p], c_int),
+        "bpf_link_detach": ([c_int], c_int),
+        "bpf_link_update": ([c_int, c_int, c_void_p], c_int),
+        "bpf_prog_attach": ([c_int, c_int, c_int, c_uint], c_int),
+        "bpf_prog_detach2": ([c_int, c_int, c_int], c_int),
+        "bpf_obj_pin": ([c_int, c_char_p], c_int),
+        "bpf_obj_get": ([c_char_p], c_int),
+        "bpf_map_update_elem": ([c_int, c_void_p, c_void_p, ctypes.c_uint64], c_int),
+        "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int),
+        "bpf_map_delete_elem": ([c_int, c_void_p], c_int),
+        "bpf_map_get_next_key": ([c_int, c_void_p, c_void_p], c_int),
     }
     for fn, (args, res) in signatures.items():
         getattr(so, fn).argtypes = args
@@ -102,3 +125,68 @@ def probe_map_type(kind: MapType) -> bool:
 def probe_helper(prog: ProgType, helper: FuncId) -> bool:
     """True if programs of type ``prog`` may call ``helper``."""
     return _probe_result(lib().libbpf_probe_bpf_helper(prog, helper, None), f"helper {helper.name} in {prog.name}")
+
+
+def check(rc: int, what: str) -> int:
+    """Raise LibbpfError for a negative libbpf return code; return it otherwise."""
+    if rc < 0:
+        code = -rc if rc != -1 else (ctypes.get_errno() or errno.EIO)
+        raise LibbpfError(code, f"{what}: {os.strerror(code)}")
+    return rc
+
+
+def check_ptr(ptr: int | None, what: str) -> int:
+    """Raise LibbpfError when libbpf returned NULL (errno tells why)."""
+    if not ptr:
+        code = ctypes.get_errno() or errno.EIO
+        raise LibbpfError(code, f"{what}: {os.strerror(code)}")
+    return ptr
+
+
+def num_cpus() -> int:
+    return check(lib().libbpf_num_possible_cpus(), "counting possible CPUs")
+
+
+def obj_get(path: str) -> int:
+    """An fd for a pinned object, or LibbpfError (ENOENT if nothing is pinned there)."""
+    return check(lib().bpf_obj_get(path.encode()), f"opening pin {path}")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    check(lib().bpf_obj_pin(fd, path.encode()), f"pinning at {path}")
+
+
+def map_update(fd: int, key: ctypes._SimpleCData | ctypes.Structure, value, flags: int = 0) -> None:
+    check(lib().bpf_map_update_elem(fd, ctypes.byref(key), ctypes.byref(value), flags), "updating a map element")
+
+
+def map_lookup(fd: int, key, value) -> bool:
+    """Fill ``value`` for ``key``; False if the key is absent."""
+    rc = lib().bpf_map_lookup_elem(fd, ctypes.byref(key), ctypes.byref(value))
+    if rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT):
+        return False
+    check(rc, "looking up a map element")
+    return True
+
+
+def map_delete(fd: int, key) -> bool:
+    rc = lib().bpf_map_delete_elem(fd, ctypes.byref(key))
+    if rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT):
+        return False
+    check(rc, "deleting a map element")
+    return True
+
+
+def map_keys(fd: int, key_type: type, limit: int = 1 << 20) -> list:
+    """Every key of a hash map (bounded by ``limit`` so a racing writer cannot make this loop forever)."""
+    keys = []
+    key = None
+    next_key = key_type()
+    while len(keys) < limit:
+        rc = lib().bpf_map_get_next_key(fd, None if key is None else ctypes.byref(key), ctypes.byref(next_key))
+        if rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT):
+            break
+        check(rc, "iterating a map")
+        keys.append(next_key.value)
+        key = key_type(next_key.value)
+    return keys

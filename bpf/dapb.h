@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* The one definition of everything the kernel programs and user space share: classes, flags, map layouts.
+ * dapb_mesh/kernel/layout.py mirrors these structs with ctypes; tests/test_layout.py proves sizes and
+ * offsets agree (it compiles this header with clang and compares). Keep every field naturally aligned. */
+#ifndef __DAPB_H
+#define __DAPB_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Traffic classes: L(t) of the paper's eq. 1, carried to the kernel as a DSCP or a port rule. */
+#define DAPB_CLASS_DEFAULT 0 /* auto: the formula or the predictor decides */
+#define DAPB_CLASS_LATENCY 1 /* B_min: send at once */
+#define DAPB_CLASS_THROUGHPUT 2 /* B_max: coalesce */
+#define DAPB_MAX_CLASSES 4
+
+/* DSCP code points that name a class (RFC 4594): EF for latency, AF11 for throughput. */
+#define DAPB_DSCP_LATENCY 46
+#define DAPB_DSCP_THROUGHPUT 10
+
+/* dapb_class_policy.flags */
+#define DAPB_F_NAGLE (1U << 0) /* sender: clear TCP_NODELAY, also when the app sets it later */
+#define DAPB_F_ACK_BOUND (1U << 1) /* receiver: bound the delayed ACK at ack_bound_us */
+#define DAPB_F_ACK_RTO_MIN (1U << 2) /* bound via TCP_BPF_RTO_MIN instead of TCP_BPF_DELACK_MAX */
+#define DAPB_F_NOTSENT_LOWAT (1U << 3) /* set TCP_NOTSENT_LOWAT to notsent_lowat */
+#define DAPB_F_SET_TOS (1U << 4) /* mark the socket's packets with dscp */
+
+/* The policy of one class: one slot of the policy array. A policy change writes every slot, then bumps
+ * dapb_config.version; sockets notice the new version on their next RTT callback and re-apply. */
+struct dapb_class_policy {
+	__u32 flags;
+	__u32 ack_bound_us; /* T_eff requested from the kernel (>= 5000 here) */
+	__u32 buffer_bytes; /* B(t), for accounting and the filter */
+	__u32 timeout_us; /* T(t) as decided, before kernel rounding */
+	__u32 notsent_lowat;
+	__u32 dscp;
+};
+
+/* Global settings: slot 0 of the config array. */
+struct dapb_config {
+	__u32 version; /* policy snapshot version; 0 = no policy written yet: touch nothing */
+	__u32 default_class; /* class of sockets no rule matches */
+	__u32 small_bytes; /* tc: a data segment with less payload than this is "small" */
+	__u32 drop_per_million; /* tc loss injection on ingress (testbed only); 0 = off */
+	__u32 flags; /* DAPB_CFG_* */
+	__u32 _pad;
+};
+
+/* dapb_config.flags */
+#define DAPB_CFG_MSG_ACCOUNTING (1U << 0) /* put sockets in the sockhash so sk_msg accounts their messages */
+
+/* dapb_sock_stats.applied_flags, beyond the DAPB_F_* knobs */
+#define DAPB_S_APP_NODELAY (1U << 8) /* the application had TCP_NODELAY set when DAPB first saw the socket */
+
+/* Per-socket telemetry, LRU-keyed by socket cookie. Cumulative counters as the kernel keeps them. */
+struct dapb_sock_stats {
+	__u64 cookie;
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u64 last_update_ns;
+	__u32 class_id;
+	__u32 policy_version; /* version of the knobs applied to this socket */
+	__u32 srtt_us;
+	__u32 rttvar_us;
+	__u32 total_retrans;
+	__u32 segs_out;
+	__u32 data_segs_out;
+	__u32 data_segs_in;
+	__u32 state; /* TCP state (BPF_TCP_*) at the last state change */
+	__u32 mss;
+	__u32 local_port; /* host order */
+	__u32 remote_port; /* host order */
+	__u32 applied_flags; /* which knobs took effect (DAPB_F_*) */
+	__u32 apply_errors; /* bpf_setsockopt failures */
+};
+
+/* Per-socket state in socket-local storage, where cgroup/setsockopt (which cannot read cookies) finds it. */
+struct dapb_sk_state {
+	__u32 class_id;
+	__u32 applied_flags; /* as dapb_sock_stats.applied_flags */
+};
+
+/* Per-class message accounting from sk_msg (per-CPU array indexed by class). */
+#define DAPB_HIST_SLOTS 16 /* log2 size slots: [0] = 1 B, [1] = 2-3 B, ... [15] >= 32 KiB */
+struct dapb_msg_stats {
+	__u64 messages;
+	__u64 bytes;
+	__u64 urgent_messages; /* messages on sockets whose class sends at once */
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 size_hist[DAPB_HIST_SLOTS];
+};
+
+/* Per-DSCP packet counters from tc (per-CPU array indexed by DSCP 0..63), for one direction. */
+struct dapb_tc_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 data_packets; /* TCP segments with payload */
+	__u64 small_packets; /* of those, payload < small_bytes */
+	__u64 payload_bytes;
+	__u64 dropped; /* by loss injection */
+};
+
+#define DAPB_MAX_SOCKETS 65536
+#define DAPB_MAX_PORT_RULES 1024
+
+#endif /* __DAPB_H */

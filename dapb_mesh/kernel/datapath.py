@@ -1,0 +1,349 @@
+"""Load, attach, adopt and detach the DAPB kernel programs; read and write their maps.
+
+An instance lives under <bpffs>/dapb/<instance>/: maps/<name> and links/<cgroup-id>-<program>. Links and maps are
+pinned, so the attachment outlives the process that made it: an agent restart opens the pins again
+(``Datapath.open``) and traffic never sees a gap. Nothing in the programs holds data, so a detach or a crash
+never strands a byte (see docs/kernel.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
+from pathlib import Path
+
+from dapb_mesh.config import KernelConfig
+from dapb_mesh.kernel import libbpf
+from dapb_mesh.kernel.layout import (
+    CFG_MSG_ACCOUNTING,
+    MAX_CLASSES,
+    ClassPolicy,
+    Config,
+    MsgStats,
+    SockStats,
+    TcStats,
+)
+from dapb_mesh.kernel.libbpf import AttachType, LibbpfError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OBJECT = REPO_ROOT / "bpf" / ".output" / "dapb.bpf.o"
+MAPS = (
+    "dapb_config",
+    "dapb_policy",
+    "dapb_dscp_class",
+    "dapb_port_class",
+    "dapb_sock_stats",
+    "dapb_sk_state",
+    "dapb_sockhash",
+    "dapb_msg_stats",
+    "dapb_tc_stats",
+)
+CGROUP_PROGRAMS = {"dapb_sockops": "sockops", "dapb_setsockopt": "setsockopt"}
+TC_PROGRAMS = {"egress": "dapb_tc_egress", "ingress": "dapb_tc_ingress"}
+_TC_PARENT = {"egress": "ffff:fff3", "ingress": "ffff:fff2"}
+
+
+class DatapathError(RuntimeError):
+    """The kernel part cannot be loaded, attached or found; the message says what to do."""
+
+
+def _cgroup_id(cgroup: Path) -> str:
+    return hashlib.sha1(str(cgroup.resolve()).encode()).hexdigest()[:12]
+
+
+class Datapath:
+    """One DAPB kernel instance. Create with ``load`` (fresh or reusing pins) or ``open`` (adopt pins only)."""
+
+    def __init__(self, instance: str, root: Path, map_fds: dict[str, int], prog_fds: dict[str, int], obj: int | None):
+        self.instance = instance
+        self.root = root
+        self._maps = map_fds
+        self._progs = prog_fds
+        self._obj = obj
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    @staticmethod
+    def pin_root(instance: str, kernel: KernelConfig | None = None) -> Path:
+        if not instance or "/" in instance or instance.startswith("."):
+            raise DatapathError(f"instance name {instance!r} must be a plain, non-empty file name")
+        return (kernel or KernelConfig()).bpffs / "dapb" / instance
+
+    @classmethod
+    def load(cls, instance: str, kernel: KernelConfig | None = None, obj_path: Path = DEFAULT_OBJECT) -> Datapath:
+        """Load the programs; maps already pinned for this instance are reused, the others are pinned."""
+        kernel = kernel or KernelConfig()
+        root = cls.pin_root(instance, kernel)
+        if not obj_path.exists():
+            raise DatapathError(f"BPF object {obj_path} not found: build it with `make -C bpf`")
+        if not (kernel.bpffs / "dapb").parent.is_dir():
+            raise DatapathError(f"{kernel.bpffs} missing: mount -t bpf bpf {kernel.bpffs}")
+        so = libbpf.lib()
+        obj = libbpf.check_ptr(so.bpf_object__open_file(str(obj_path).encode(), None), f"opening {obj_path}")
+        try:
+            (root / "maps").mkdir(parents=True, exist_ok=True)
+            (root / "links").mkdir(parents=True, exist_ok=True)
+            reused = []
+            for name in MAPS:
+                m = libbpf.check_ptr(so.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
+                pin = root / "maps" / name
+                if pin.exists():
+                    fd = libbpf.obj_get(str(pin))
+                    libbpf.check(so.bpf_map__reuse_fd(m, fd), f"reusing pinned map {pin}")
+                    os.close(fd)
+                    reused.append(name)
+            libbpf.check(so.bpf_object__load(obj), f"loading {obj_path} (see the verifier log above)")
+            maps = {}
+            for name in MAPS:
+                fd = so.bpf_map__fd(so.bpf_object__find_map_by_name(obj, name.encode()))
+                maps[name] = fd
+                if name not in reused:
+                    libbpf.obj_pin(fd, str(root / "maps" / name))
+            progs = {}
+            for name in (*CGROUP_PROGRAMS, *TC_PROGRAMS.values(), "dapb_msg"):
+                prog = libbpf.check_ptr(so.bpf_object__find_program_by_name(obj, name.encode()), f"program {name}")
+                progs[name] = so.bpf_program__fd(prog)
+        except Exception:
+            so.bpf_object__close(obj)
+            raise
+        return cls(instance, root, maps, progs, obj)
+
+    @classmethod
+    def open(cls, instance: str, kernel: KernelConfig | None = None) -> Datapath:
+        """Adopt an instance another process loaded (an agent restart): its pinned maps, links left as they are."""
+        root = cls.pin_root(instance, kernel)
+        if not (root / "maps").is_dir():
+            raise DatapathError(f"no DAPB instance {instance!r} pinned at {root}")
+        maps = {name: libbpf.obj_get(str(root / "maps" / name)) for name in MAPS}
+        return cls(instance, root, maps, {}, None)
+
+    @classmethod
+    def exists(cls, instance: str, kernel: KernelConfig | None = None) -> bool:
+        return (cls.pin_root(instance, kernel) / "maps").is_dir()
+
+    def close(self) -> None:
+        """Release this process's handles; pinned maps and links stay in the kernel."""
+        if self._obj is not None:
+            libbpf.lib().bpf_object__close(self._obj)  # closes the object's map and program fds
+            self._obj = None
+        else:
+            for fd in self._maps.values():
+                with suppress(OSError):
+                    os.close(fd)
+        self._maps, self._progs = {}, {}
+
+    def destroy(self) -> None:
+        """Detach every pinned link of this instance and remove its pins (maps die with their last user)."""
+        links = self.root / "links"
+        if links.is_dir():
+            for pin in links.iterdir():
+                self._detach_pin(pin)
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Datapath:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- attachment ---------------------------------------------------------------------------------------
+    def _need_prog(self, name: str) -> int:
+        if name not in self._progs:
+            raise DatapathError("this handle adopted pins only; load the object (Datapath.load) to attach programs")
+        return self._progs[name]
+
+    def attach_cgroup(self, cgroup: Path) -> list[Path]:
+        """Attach sock_ops and cgroup/setsockopt to a cgroup v2 directory, as pinned links. Idempotent."""
+        if not (cgroup / "cgroup.procs").exists():
+            raise DatapathError(f"{cgroup} is not a cgroup v2 directory")
+        so = libbpf.lib()
+        pins = []
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for prog_name, short in CGROUP_PROGRAMS.items():
+                pin = self.root / "links" / f"{_cgroup_id(cgroup)}-{short}"
+                pins.append(pin)
+                if pin.exists():
+                    continue
+                prog = so.bpf_object__find_program_by_name(self._obj, prog_name.encode()) if self._obj else None
+                if not prog:
+                    raise DatapathError("attaching needs a loaded object (Datapath.load)")
+                link = libbpf.check_ptr(so.bpf_program__attach_cgroup(prog, fd), f"attaching {prog_name} to {cgroup}")
+                try:
+                    libbpf.check(so.bpf_link__pin(link, str(pin).encode()), f"pinning link {pin}")
+                finally:
+                    so.bpf_link__destroy(link)  # the pin keeps the link alive
+        finally:
+            os.close(fd)
+        return pins
+
+    def _detach_pin(self, pin: Path) -> None:
+        with suppress(FileNotFoundError):
+            fd = libbpf.obj_get(str(pin))
+            try:
+                libbpf.check(libbpf.lib().bpf_link_detach(fd), f"detaching {pin}")
+            finally:
+                os.close(fd)
+        pin.unlink(missing_ok=True)
+
+    def detach_cgroup(self, cgroup: Path) -> None:
+        for short in CGROUP_PROGRAMS.values():
+            self._detach_pin(self.root / "links" / f"{_cgroup_id(cgroup)}-{short}")
+
+    def links(self) -> list[Path]:
+        """The pinned links of this instance (one per program and cgroup)."""
+        links = self.root / "links"
+        return sorted(links.iterdir()) if links.is_dir() else []
+
+    def enable_msg_accounting(self) -> None:
+        """Attach sk_msg to the sockhash; sockets established from now on are added to it and accounted."""
+        prog = self._need_prog("dapb_msg")
+        libbpf.check(
+            libbpf.lib().bpf_prog_attach(prog, self._maps["dapb_sockhash"], AttachType.SK_MSG_VERDICT, 0),
+            "attaching sk_msg to the sockhash",
+        )
+        cfg = self.read_config()
+        cfg.flags |= CFG_MSG_ACCOUNTING
+        self._write_config(cfg)
+
+    def attach_tc(self, ifname: str, netns: str | None = None) -> None:
+        """Count packets per DSCP on an interface (egress and ingress), in a named netns or the current one."""
+        from pyroute2 import IPRoute, NetNS
+
+        fds = {d: self._need_prog(p) for d, p in TC_PROGRAMS.items()}
+        with NetNS(netns) if netns else IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if not links:
+                raise DatapathError(f"no interface {ifname!r} in {'netns ' + netns if netns else 'this netns'}")
+            index = links[0]
+            with suppress(Exception):
+                ipr.tc("add", "clsact", index)
+            for direction, fd in fds.items():
+                ipr.tc(
+                    "add-filter", "bpf", index, ":1", fd=fd, name=TC_PROGRAMS[direction],
+                    parent=_TC_PARENT[direction], classid=1, direct_action=True,
+                )  # fmt: skip
+
+    @staticmethod
+    def detach_tc(ifname: str, netns: str | None = None) -> None:
+        from pyroute2 import IPRoute, NetNS
+
+        with NetNS(netns) if netns else IPRoute() as ipr:
+            links = ipr.link_lookup(ifname=ifname)
+            if links:
+                with suppress(Exception):
+                    ipr.tc("del", "clsact", links[0])
+
+    # -- maps ---------------------------------------------------------------------------------------------
+    def read_config(self) -> Config:
+        cfg = Config()
+        libbpf.map_lookup(self._maps["dapb_config"], ctypes.c_uint32(0), cfg)
+        return cfg
+
+    def _write_config(self, cfg: Config) -> None:
+        libbpf.map_update(self._maps["dapb_config"], ctypes.c_uint32(0), cfg)
+
+    def write_policy(
+        self,
+        policies: Mapping[int, ClassPolicy],
+        *,
+        default_class: int | None = None,
+        small_bytes: int | None = None,
+        drop_per_million: int | None = None,
+    ) -> int:
+        """Write a new versioned snapshot: every class slot (missing classes get no knobs), then the version.
+
+        Sockets pick the new version up on their next RTT callback. Returns the new version.
+        """
+        for cls in policies:
+            if not 0 <= cls < MAX_CLASSES:
+                raise DatapathError(f"class {cls} out of range 0..{MAX_CLASSES - 1}")
+        for cls in range(MAX_CLASSES):
+            libbpf.map_update(self._maps["dapb_policy"], ctypes.c_uint32(cls), policies.get(cls, ClassPolicy()))
+        cfg = self.read_config()
+        if default_class is not None:
+            cfg.default_class = default_class
+        if small_bytes is not None:
+            cfg.small_bytes = small_bytes
+        if drop_per_million is not None:
+            if not 0 <= drop_per_million <= 1_000_000:
+                raise DatapathError(f"drop_per_million {drop_per_million} out of range 0..1000000")
+            cfg.drop_per_million = drop_per_million
+        cfg.version = cfg.version % 0xFFFFFFFF + 1  # never 0: 0 means "no policy, touch nothing"
+        self._write_config(cfg)
+        return cfg.version
+
+    def read_policy(self) -> dict[int, ClassPolicy]:
+        out = {}
+        for cls in range(MAX_CLASSES):
+            p = ClassPolicy()
+            libbpf.map_lookup(self._maps["dapb_policy"], ctypes.c_uint32(cls), p)
+            out[cls] = p
+        return out
+
+    def set_port_class(self, port: int, cls: int) -> None:
+        if not 0 < port < 65536:
+            raise DatapathError(f"port {port} out of range 1..65535")
+        libbpf.map_update(self._maps["dapb_port_class"], ctypes.c_uint32(port), ctypes.c_uint32(cls))
+
+    def clear_port_class(self, port: int) -> None:
+        libbpf.map_delete(self._maps["dapb_port_class"], ctypes.c_uint32(port))
+
+    def set_dscp_class(self, dscp: int, cls: int) -> None:
+        if not 0 <= dscp < 64:
+            raise DatapathError(f"DSCP {dscp} out of range 0..63")
+        libbpf.map_update(self._maps["dapb_dscp_class"], ctypes.c_uint32(dscp), ctypes.c_uint32(cls))
+
+    def sock_stats(self) -> list[SockStats]:
+        fd = self._maps["dapb_sock_stats"]
+        out = []
+        for cookie in libbpf.map_keys(fd, ctypes.c_uint64):
+            st = SockStats()
+            if libbpf.map_lookup(fd, ctypes.c_uint64(cookie), st):
+                out.append(st)
+        return out
+
+    def forget_sockets(self, cookies: Iterable[int]) -> None:
+        for cookie in cookies:
+            libbpf.map_delete(self._maps["dapb_sock_stats"], ctypes.c_uint64(cookie))
+
+    def _percpu(self, name: str, index: int, struct: type[ctypes.Structure]) -> ctypes.Structure:
+        ncpu = libbpf.num_cpus()
+        values = (struct * ncpu)()
+        libbpf.map_lookup(self._maps[name], ctypes.c_uint32(index), values)
+        total = struct()
+        for field, ftype in struct._fields_:
+            if hasattr(ftype, "_length_"):
+                arr = getattr(total, field)
+                for i in range(ftype._length_):
+                    arr[i] = sum(getattr(v, field)[i] for v in values)
+            else:
+                setattr(total, field, sum(getattr(v, field) for v in values))
+        return total
+
+    def msg_stats(self, cls: int) -> MsgStats:
+        return self._percpu("dapb_msg_stats", cls, MsgStats)
+
+    def tc_stats(self, direction: str, dscp: int) -> TcStats:
+        """Counters of one DSCP on the interfaces this instance's tc programs watch, summed over CPUs."""
+        base = {"egress": 0, "ingress": 64}[direction]
+        return self._percpu("dapb_tc_stats", base + dscp, TcStats)
+
+
+def probe_object(obj_path: Path = DEFAULT_OBJECT) -> None:
+    """Load the object once without pinning or attaching: proves the verifier accepts every program here."""
+    so = libbpf.lib()
+    if not obj_path.exists():
+        raise DatapathError(f"BPF object {obj_path} not found: build it with `make -C bpf`")
+    obj = libbpf.check_ptr(so.bpf_object__open_file(str(obj_path).encode(), None), f"opening {obj_path}")
+    try:
+        libbpf.check(so.bpf_object__load(obj), f"loading {obj_path}")
+    finally:
+        so.bpf_object__close(obj)
+
+
+__all__ = ["Datapath", "DatapathError", "LibbpfError", "probe_object"]

@@ -1,0 +1,148 @@
+"""ctypes mirrors of the structs and constants in bpf/dapb.h (the one definition; tests/test_layout.py proves the
+mirror matches it field by field), and the pure mapping from a policy Decision to a class policy slot."""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import c_uint32 as u32
+from ctypes import c_uint64 as u64
+
+from dapb_mesh.policy import Decision, Sensitivity
+
+CLASS_DEFAULT = 0
+CLASS_LATENCY = 1
+CLASS_THROUGHPUT = 2
+MAX_CLASSES = 4
+DSCP_LATENCY = 46
+DSCP_THROUGHPUT = 10
+
+F_NAGLE = 1 << 0
+F_ACK_BOUND = 1 << 1
+F_ACK_RTO_MIN = 1 << 2
+F_NOTSENT_LOWAT = 1 << 3
+F_SET_TOS = 1 << 4
+S_APP_NODELAY = 1 << 8
+CFG_MSG_ACCOUNTING = 1 << 0
+
+HIST_SLOTS = 16
+MAX_SOCKETS = 65536
+MAX_PORT_RULES = 1024
+
+CLASS_OF = {Sensitivity.AUTO: CLASS_DEFAULT, Sensitivity.LATENCY: CLASS_LATENCY, Sensitivity.THROUGHPUT: CLASS_THROUGHPUT}
+
+
+class ClassPolicy(ctypes.Structure):
+    _fields_ = [
+        ("flags", u32),
+        ("ack_bound_us", u32),
+        ("buffer_bytes", u32),
+        ("timeout_us", u32),
+        ("notsent_lowat", u32),
+        ("dscp", u32),
+    ]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [
+        ("version", u32),
+        ("default_class", u32),
+        ("small_bytes", u32),
+        ("drop_per_million", u32),
+        ("flags", u32),
+        ("_pad", u32),
+    ]
+
+
+class SockStats(ctypes.Structure):
+    _fields_ = [
+        ("cookie", u64),
+        ("bytes_acked", u64),
+        ("bytes_received", u64),
+        ("last_update_ns", u64),
+        ("class_id", u32),
+        ("policy_version", u32),
+        ("srtt_us", u32),
+        ("rttvar_us", u32),
+        ("total_retrans", u32),
+        ("segs_out", u32),
+        ("data_segs_out", u32),
+        ("data_segs_in", u32),
+        ("state", u32),
+        ("mss", u32),
+        ("local_port", u32),
+        ("remote_port", u32),
+        ("applied_flags", u32),
+        ("apply_errors", u32),
+    ]
+
+
+class SkState(ctypes.Structure):
+    _fields_ = [("class_id", u32), ("applied_flags", u32)]
+
+
+class MsgStats(ctypes.Structure):
+    _fields_ = [
+        ("messages", u64),
+        ("bytes", u64),
+        ("urgent_messages", u64),
+        ("first_ns", u64),
+        ("last_ns", u64),
+        ("size_hist", u64 * HIST_SLOTS),
+    ]
+
+
+class TcStats(ctypes.Structure):
+    _fields_ = [
+        ("packets", u64),
+        ("bytes", u64),
+        ("data_packets", u64),
+        ("small_packets", u64),
+        ("payload_bytes", u64),
+        ("dropped", u64),
+    ]
+
+
+# struct name in dapb.h -> mirror, for the layout test and the map readers
+STRUCTS: dict[str, type[ctypes.Structure]] = {
+    "dapb_class_policy": ClassPolicy,
+    "dapb_config": Config,
+    "dapb_sock_stats": SockStats,
+    "dapb_sk_state": SkState,
+    "dapb_msg_stats": MsgStats,
+    "dapb_tc_stats": TcStats,
+}
+
+CONSTANTS = {
+    "DAPB_CLASS_DEFAULT": CLASS_DEFAULT,
+    "DAPB_CLASS_LATENCY": CLASS_LATENCY,
+    "DAPB_CLASS_THROUGHPUT": CLASS_THROUGHPUT,
+    "DAPB_MAX_CLASSES": MAX_CLASSES,
+    "DAPB_DSCP_LATENCY": DSCP_LATENCY,
+    "DAPB_DSCP_THROUGHPUT": DSCP_THROUGHPUT,
+    "DAPB_F_NAGLE": F_NAGLE,
+    "DAPB_F_ACK_BOUND": F_ACK_BOUND,
+    "DAPB_F_ACK_RTO_MIN": F_ACK_RTO_MIN,
+    "DAPB_F_NOTSENT_LOWAT": F_NOTSENT_LOWAT,
+    "DAPB_F_SET_TOS": F_SET_TOS,
+    "DAPB_S_APP_NODELAY": S_APP_NODELAY,
+    "DAPB_CFG_MSG_ACCOUNTING": CFG_MSG_ACCOUNTING,
+    "DAPB_HIST_SLOTS": HIST_SLOTS,
+    "DAPB_MAX_SOCKETS": MAX_SOCKETS,
+    "DAPB_MAX_PORT_RULES": MAX_PORT_RULES,
+}
+
+# The kernel accepts a delayed-ACK/RTO-min bound of at least 5 ms here (2 jiffies after rounding up).
+MIN_ACK_BOUND_US = 5000
+
+
+def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:
+    """The kernel slot for a decision: Nagle on the sender and a delayed-ACK bound of T_eff on the receiver when
+    the decision holds data; nothing (baseline behaviour) when it sends at once."""
+    p = ClassPolicy(buffer_bytes=decision.buffer_bytes, timeout_us=round(decision.timeout_ms * 1000))
+    knobs = decision.knobs
+    if not knobs.nodelay and knobs.ack_bound_ms is not None:
+        p.flags = F_NAGLE | F_ACK_BOUND | (F_ACK_RTO_MIN if rto_min else 0)
+        # Ask for the decided T (the kernel rounds it up to T_eff); never below what the kernel accepts.
+        p.ack_bound_us = max(MIN_ACK_BOUND_US, round(decision.timeout_ms * 1000))
+    p.dscp = knobs.dscp
+    return p

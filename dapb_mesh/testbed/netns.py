@@ -1,0 +1,162 @@
+"""Network namespaces joined by veth, each with its own cgroup v2 directory: the pods of the testbed.
+
+Names carry a per-run prefix so parallel runs never collide; ``cleanup_stale`` removes what a crashed run left.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dapb_mesh.config import KernelConfig
+
+PREFIX = "dapb-"
+
+
+def _join_cgroup(cgroup: Path):
+    def join() -> None:
+        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        os.setpgid(0, 0)  # its own process group, so a kill reaches the whole pod process
+
+    return join
+
+
+@dataclass
+class Pod:
+    """A network namespace and the cgroup its processes run in."""
+
+    name: str
+    netns: str
+    cgroup: Path
+    address: str
+    ifname: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        """Start argv inside this pod's netns and cgroup."""
+        proc = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
+            preexec_fn=_join_cgroup(self.cgroup),
+            **kwargs,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def python(self, module: str, *args: str, **kwargs) -> subprocess.Popen:
+        return self.popen([sys.executable, "-m", module, *args], **kwargs)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=5)
+        self.procs.clear()
+
+
+class PodPair:
+    """Two pods joined point-to-point by a veth pair: the inter-pod hop of the paper's section 7."""
+
+    def __init__(self, kernel: KernelConfig | None = None, mtu: int = 1500):
+        self.kernel = kernel or KernelConfig()
+        self.run_id = uuid.uuid4().hex[:8]
+        self.subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        self.mtu = mtu
+        self.pods: list[Pod] = []
+
+    def __enter__(self) -> PodPair:
+        try:
+            self._create()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def client(self) -> Pod:
+        return self.pods[0]
+
+    @property
+    def server(self) -> Pod:
+        return self.pods[1]
+
+    def _create(self) -> None:
+        from pyroute2 import IPRoute, NetNS, netns
+
+        names = [f"{PREFIX}{self.run_id}-a", f"{PREFIX}{self.run_id}-b"]
+        ifnames = [f"da{self.run_id}", f"db{self.run_id}"]
+        for i, name in enumerate(names):
+            cgroup = self.kernel.cgroup2_root / name
+            cgroup.mkdir()
+            netns.create(name)
+            self.pods.append(Pod(name, name, cgroup, f"{self.subnet}.{i + 1}", ifnames[i]))
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=ifnames[0], kind="veth", peer=ifnames[1])
+            for i, name in enumerate(names):
+                index = ipr.link_lookup(ifname=ifnames[i])[0]
+                ipr.link("set", index=index, net_ns_fd=name)
+        for pod in self.pods:
+            with NetNS(pod.netns) as ns:
+                lo = ns.link_lookup(ifname="lo")[0]
+                ns.link("set", index=lo, state="up")
+                index = ns.link_lookup(ifname=pod.ifname)[0]
+                ns.link("set", index=index, mtu=self.mtu)
+                ns.addr("add", index=index, address=pod.address, prefixlen=24)
+                ns.link("set", index=index, state="up")
+
+    def close(self) -> None:
+        from pyroute2 import netns
+
+        for pod in self.pods:
+            pod.stop()
+        for pod in self.pods:
+            with suppress(Exception):
+                netns.remove(pod.netns)
+            _remove_cgroup(pod.cgroup)
+        self.pods.clear()
+
+
+def _remove_cgroup(cgroup: Path, wait_s: float = 5.0) -> None:
+    """rmdir a cgroup once its processes are gone (killing stragglers), bounded in time."""
+    deadline = time.monotonic() + wait_s
+    while cgroup.exists() and time.monotonic() < deadline:
+        with suppress(OSError):
+            for pid in (cgroup / "cgroup.procs").read_text().split():
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        try:
+            cgroup.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def cleanup_stale(kernel: KernelConfig | None = None) -> list[str]:
+    """Remove namespaces and cgroups named dapb-* that no live process of ours owns (after a crashed run)."""
+    from pyroute2 import netns
+
+    kernel = kernel or KernelConfig()
+    removed = []
+    for name in netns.listnetns():
+        if name.startswith(PREFIX):
+            with suppress(Exception):
+                netns.remove(name)
+                removed.append(f"netns {name}")
+    if kernel.cgroup2_root.is_dir():
+        for cgroup in kernel.cgroup2_root.glob(f"{PREFIX}*"):
+            _remove_cgroup(cgroup)
+            removed.append(f"cgroup {cgroup}")
+    return removed

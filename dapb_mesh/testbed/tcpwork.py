@@ -1,0 +1,262 @@
+"""Raw-TCP workloads that model one mesh hop, for the kernel tests and benchmarks.
+
+Both sides exchange a small preface first, as HTTP/2 SETTINGS and TLS handshakes do: that makes the receiver
+delay its ACKs (Linux's pingpong mode), which is what decides whether Nagle coalesces at all
+(../shared/PLATFORM.md). The client sets TCP_NODELAY before connect, as Envoy does.
+
+Every message carries a sequence number and its send time (CLOCK_MONOTONIC, shared by all network namespaces),
+so the server measures each message's one-way delay and checks order and completeness itself.
+
+  python -m dapb_mesh.testbed.tcpwork server --port P --mode stream|burst|wwr|pingpong
+  python -m dapb_mesh.testbed.tcpwork client --host H --port P --mode ... [--rate R --count N --size S]
+
+Each side prints one JSON line with what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import time
+
+HEADER = struct.Struct("!QQ")  # sequence number, send time in ns
+PREFACE = b"DAPB-PREFACE-v1\n"
+TCP_INFO_LEN = 232
+# offsets in struct tcp_info (linux/tcp.h)
+_TI_UNACKED, _TI_RTT, _TI_TOTAL_RETRANS = 24, 68, 100
+_TI_NOTSENT, _TI_DATA_SEGS_OUT, _TI_DATA_SEGS_IN = 144, 156, 152
+
+
+def tcp_info(sock: socket.socket) -> dict[str, int]:
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
+
+    def u32(off: int) -> int:
+        return struct.unpack_from("I", raw, off)[0]
+
+    return {
+        "unacked": u32(_TI_UNACKED),
+        "rtt_us": u32(_TI_RTT),
+        "total_retrans": u32(_TI_TOTAL_RETRANS),
+        "notsent_bytes": u32(_TI_NOTSENT),
+        "data_segs_in": u32(_TI_DATA_SEGS_IN),
+        "data_segs_out": u32(_TI_DATA_SEGS_OUT),
+    }
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+def _message(seq: int, size: int) -> bytes:
+    return HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m")
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
+
+
+# -- server ---------------------------------------------------------------------------------------------------
+def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: float) -> dict:
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("0.0.0.0", port))
+    lsock.listen(1)
+    lsock.settimeout(timeout_s)
+    if ready_fd is not None:
+        import os
+
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+    conn, _ = lsock.accept()
+    conn.settimeout(timeout_s)
+    preface = _recv_exact(conn, len(PREFACE))
+    conn.sendall(PREFACE)
+    result: dict = {"preface_ok": preface == PREFACE}
+    if mode in ("stream", "burst"):
+        result |= _receive_messages(conn, size)
+    elif mode == "wwr":
+        exchanges = 0
+        while True:
+            request = _recv_exact(conn, size)
+            if len(request) < size:
+                result["trailing_bytes"] = len(request)
+                break
+            conn.sendall(request[:8])
+            exchanges += 1
+        result["exchanges"] = exchanges
+    elif mode == "pingpong":
+        rounds = 0
+        while True:
+            data = _recv_exact(conn, size)
+            if len(data) < size:
+                break
+            conn.sendall(data)
+            rounds += 1
+        result["rounds"] = rounds
+    result["tcp_info"] = tcp_info(conn)
+    conn.close()
+    lsock.close()
+    return result
+
+
+def _receive_messages(conn: socket.socket, size: int) -> dict:
+    """Read the stream to EOF; per message: in order? one-way delay. Counts every byte, whole or not."""
+    buf = bytearray()
+    total = 0
+    expected = 0
+    in_order = True
+    delays_ms: list[float] = []
+    while True:
+        chunk = conn.recv(65536)
+        now = time.monotonic_ns()
+        if not chunk:
+            break
+        total += len(chunk)
+        buf += chunk
+        whole = len(buf) // size
+        for i in range(whole):
+            seq, sent = HEADER.unpack_from(buf, i * size)
+            if seq != expected:
+                in_order = False
+            expected = seq + 1
+            delays_ms.append((now - sent) / 1e6)
+        del buf[: whole * size]
+    return {
+        "bytes": total,
+        "messages": len(delays_ms),
+        "partial_bytes": len(buf),
+        "in_order": in_order,
+        "delay_ms": _percentiles(delays_ms),
+    }
+
+
+# -- client ---------------------------------------------------------------------------------------------------
+def _connect(host: str, port: int, nodelay: bool, timeout_s: float) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if nodelay:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # before connect, as Envoy does
+    sock.settimeout(timeout_s)
+    sock.connect((host, port))
+    sock.sendall(PREFACE)
+    if _recv_exact(sock, len(PREFACE)) != PREFACE:
+        raise RuntimeError("server preface missing")
+    return sock
+
+
+def _drain(sock: socket.socket, limit_s: float = 2.0) -> None:
+    """Wait (bounded) until the kernel has sent and got ACKs for everything written."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        info = tcp_info(sock)
+        if info["unacked"] == 0 and info["notsent_bytes"] == 0:
+            return
+        time.sleep(0.001)
+
+
+def run_client(args: argparse.Namespace) -> dict:
+    sock = _connect(args.host, args.port, not args.no_nodelay, args.timeout)
+    before = tcp_info(sock)
+    result: dict = {}
+    start = time.monotonic()
+    if args.mode in ("stream", "burst"):
+        interval = 0.0 if args.mode == "burst" else 1.0 / args.rate
+        t0 = time.monotonic()
+        sent = 0
+        for seq in range(args.count):
+            if interval:
+                due = t0 + seq * interval
+                while (lag := due - time.monotonic()) > 0:
+                    if lag > 0.0002:
+                        time.sleep(lag - 0.0001)
+            sock.sendall(_message(seq, args.size))
+            sent += args.size
+        if args.partial:
+            sock.sendall(_message(args.count, args.size)[: args.partial])
+            sent += args.partial
+        result["bytes_sent"] = sent
+        if args.end == "close":
+            sock.close()  # mid-message when --partial: the tail must still arrive
+            result["elapsed_s"] = time.monotonic() - start
+            return result
+        if args.end == "shutdown":
+            sock.shutdown(socket.SHUT_WR)
+        _drain(sock)
+    elif args.mode == "wwr":
+        stalls: list[float] = []
+        half = args.size // 2
+        for seq in range(args.count):
+            msg = _message(seq, args.size)
+            t = time.monotonic_ns()
+            sock.sendall(msg[:half])
+            sock.sendall(msg[half:])
+            if len(_recv_exact(sock, 8)) < 8:
+                raise RuntimeError("server closed during write-write-read")
+            stalls.append((time.monotonic_ns() - t) / 1e6)
+            if args.gap_ms:
+                time.sleep(args.gap_ms / 1000)
+        result["exchange_ms"] = _percentiles(stalls)
+    elif args.mode == "pingpong":
+        rtts: list[float] = []
+        for seq in range(args.count):
+            msg = _message(seq, args.size)
+            t = time.monotonic_ns()
+            sock.sendall(msg)
+            if len(_recv_exact(sock, args.size)) < args.size:
+                raise RuntimeError("server closed during ping-pong")
+            rtts.append((time.monotonic_ns() - t) / 1e3)
+        result["rtt_us"] = _percentiles(rtts)
+    after = tcp_info(sock)
+    result["elapsed_s"] = time.monotonic() - start
+    result["data_segs_out"] = after["data_segs_out"] - before["data_segs_out"]
+    result["total_retrans"] = after["total_retrans"]
+    if args.end != "shutdown":
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mode", choices=["stream", "burst", "wwr", "pingpong"], default="stream")
+    parser.add_argument("--size", type=int, default=64, help="message size in bytes (>= 16)")
+    parser.add_argument("--rate", type=float, default=10_000, help="messages per second (stream)")
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--partial", type=int, default=0, help="bytes of one more, incomplete message at the end")
+    parser.add_argument("--end", choices=["normal", "close", "shutdown"], default="normal")
+    parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between write-write-read exchanges")
+    parser.add_argument("--no-nodelay", action="store_true", help="leave Nagle on (do not set TCP_NODELAY)")
+    parser.add_argument("--ready-fd", type=int, default=None, help="server: write 'ready' here once listening")
+    parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
+    args = parser.parse_args(argv)
+    if args.size < HEADER.size:
+        parser.error(f"--size must be at least {HEADER.size}")
+    if args.role == "server":
+        result = serve(args.port, args.mode, args.size, args.ready_fd, args.timeout)
+    else:
+        result = run_client(args)
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
