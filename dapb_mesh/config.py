@@ -11,7 +11,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -136,8 +136,13 @@ class EstimatorConfig(_Strict):
 class KernelConfig(_Strict):
     """What the kernel can enforce: the delayed-ACK bound moves in ticks above a floor (CONFIG_HZ=250 here)."""
 
+    ack_bound: Literal["rto_min", "delack_max"] = "rto_min"
+    """How the receiver bounds its delayed ACK: TCP_BPF_RTO_MIN (tightest: 8 ms, also lowers the socket's own
+    retransmit floor) or TCP_BPF_DELACK_MAX (no side effect, one tick looser). See docs/kernel.md."""
     delack_floor_ms: Millis = 8.0
-    """Shortest delayed-ACK bound the kernel accepts (TCP_BPF_RTO_MIN >= 5 ms caps it at 8 ms here)."""
+    """Shortest delayed-ACK bound the kernel enforces (a 5 ms request, the least accepted, rounds up to 8 ms)."""
+    delack_max_extra_ms: Millis = 4.0
+    """TCP_BPF_DELACK_MAX measured one tick looser than TCP_BPF_RTO_MIN for the same request here."""
     tick_ms: Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(gt=0)] = 4.0
     """One jiffy: bounds are enforced in these steps."""
     bpffs: Path = Path("/sys/fs/bpf")

@@ -135,7 +135,7 @@ CONSTANTS = {
 MIN_ACK_BOUND_US = 5000
 
 
-def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:
+def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:  # noqa: D417
     """The kernel slot for a decision: Nagle on the sender and a delayed-ACK bound of T_eff on the receiver when
     the decision holds data; nothing (baseline behaviour) when it sends at once."""
     p = ClassPolicy(buffer_bytes=decision.buffer_bytes, timeout_us=round(decision.timeout_ms * 1000))

@@ -59,4 +59,5 @@ def timeout(cond: Conditions, cfg: PolicyConfig) -> float:
 def enforced_timeout(timeout_ms: float, kernel: KernelConfig) -> float:
     """The bound the kernel really enforces for a requested T: whole ticks, never under the delayed-ACK floor."""
     ticks = math.ceil(timeout_ms / kernel.tick_ms - 1e-9)
-    return max(kernel.delack_floor_ms, ticks * kernel.tick_ms)
+    bound = max(kernel.delack_floor_ms, ticks * kernel.tick_ms)
+    return bound + (kernel.delack_max_extra_ms if kernel.ack_bound == "delack_max" else 0.0)

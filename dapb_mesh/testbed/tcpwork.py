@@ -147,12 +147,14 @@ def _receive_messages(conn: socket.socket, size: int) -> dict:
 
 
 # -- client ---------------------------------------------------------------------------------------------------
-def _connect(host: str, port: int, nodelay: bool, timeout_s: float) -> socket.socket:
+def _connect(host: str, port: int, nodelay: str, timeout_s: float) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if nodelay:
+    if nodelay == "before":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # before connect, as Envoy does
     sock.settimeout(timeout_s)
     sock.connect((host, port))
+    if nodelay == "after":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as applications that set it late do
     sock.sendall(PREFACE)
     if _recv_exact(sock, len(PREFACE)) != PREFACE:
         raise RuntimeError("server preface missing")
@@ -170,7 +172,7 @@ def _drain(sock: socket.socket, limit_s: float = 2.0) -> None:
 
 
 def run_client(args: argparse.Namespace) -> dict:
-    sock = _connect(args.host, args.port, not args.no_nodelay, args.timeout)
+    sock = _connect(args.host, args.port, args.nodelay, args.timeout)
     before = tcp_info(sock)
     result: dict = {}
     start = time.monotonic()
@@ -243,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partial", type=int, default=0, help="bytes of one more, incomplete message at the end")
     parser.add_argument("--end", choices=["normal", "close", "shutdown"], default="normal")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between write-write-read exchanges")
-    parser.add_argument("--no-nodelay", action="store_true", help="leave Nagle on (do not set TCP_NODELAY)")
+    parser.add_argument(
+        "--nodelay", choices=["before", "after", "never"], default="before",
+        help="set TCP_NODELAY before connect (as Envoy), after connect, or never",
+    )  # fmt: skip
     parser.add_argument("--ready-fd", type=int, default=None, help="server: write 'ready' here once listening")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     args = parser.parse_args(argv)

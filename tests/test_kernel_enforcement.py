@@ -1,0 +1,229 @@
+"""The kernel datapath on a modelled mesh hop: raw TCP over veth between two namespaces this test creates.
+
+Both sides exchange a preface first (as HTTP/2 SETTINGS do) and the client sets TCP_NODELAY before connect
+(as Envoy does). Baseline and DAPB runs use the same pods, one after the other; packet counts are the kernel's
+(TCP_INFO data_segs_out), delays are measured per message by the receiver.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dapb_mesh.config import Settings
+from dapb_mesh.kernel import layout as L
+from dapb_mesh.kernel.datapath import Datapath, DatapathError
+from dapb_mesh.policy import Conditions, Sensitivity, decide
+from dapb_mesh.testbed.hop import run_hop
+
+SETTINGS = Settings()
+TICK_MS = SETTINGS.kernel.tick_ms
+VETH = Conditions(rtt_ms=0.05, loss=0.0, jitter_ms=0.01)
+
+
+def throughput_policy() -> tuple[L.ClassPolicy, float]:
+    decision = decide(VETH, Sensitivity.THROUGHPUT, SETTINGS.policy, SETTINGS.kernel)
+    return L.class_policy(decision), decision.enforced_timeout_ms
+
+
+def use_class(dp: Datapath, cls: int) -> float:
+    """Make every socket of the pods belong to ``cls``; return the bound T_eff it enforces (0 if none)."""
+    policy, t_eff = throughput_policy()
+    dp.write_policy({L.CLASS_THROUGHPUT: policy}, default_class=cls)
+    return t_eff if cls == L.CLASS_THROUGHPUT else 0.0
+
+
+def no_dapb(dp: Datapath) -> None:
+    dp.write_policy({}, default_class=L.CLASS_DEFAULT)
+
+
+def assert_complete(result, expected_bytes: int) -> None:
+    assert result.server["bytes"] == expected_bytes
+    assert result.server["in_order"] is True
+
+
+def test_stream_10k_msgs_per_s_coalesces_within_the_bound(pair, datapath):
+    no_dapb(datapath)
+    base = run_hop(pair, "stream", rate=10_000, count=20_000, size=64)
+    t_eff = use_class(datapath, L.CLASS_THROUGHPUT)
+    dapb = run_hop(pair, "stream", rate=10_000, count=20_000, size=64)
+    for r in (base, dapb):
+        assert_complete(r, 20_000 * 64)
+    ratio = dapb.client["data_segs_out"] / base.client["data_segs_out"]
+    bound = base.server["delay_ms"]["max"] + t_eff + TICK_MS
+    print(f"segments {base.client['data_segs_out']} -> {dapb.client['data_segs_out']} ({ratio:.3f}); "
+          f"max delay {base.server['delay_ms']['max']:.2f} -> {dapb.server['delay_ms']['max']:.2f} ms (bound {bound})")
+    assert ratio <= 0.15
+    assert dapb.server["delay_ms"]["max"] <= bound
+
+
+def test_burst_of_10000_writes_is_coalesced_and_complete(pair, datapath):
+    no_dapb(datapath)
+    base = run_hop(pair, "burst", count=10_000, size=64)
+    use_class(datapath, L.CLASS_THROUGHPUT)
+    dapb = run_hop(pair, "burst", count=10_000, size=64)
+    for r in (base, dapb):
+        assert_complete(r, 640_000)
+    assert dapb.client["data_segs_out"] <= 0.30 * base.client["data_segs_out"]
+
+
+def test_app_setting_nodelay_after_connect_keeps_nagle(pair, datapath):
+    """cgroup/setsockopt rewrites a late TCP_NODELAY=1 for a socket whose class wants Nagle."""
+    use_class(datapath, L.CLASS_THROUGHPUT)
+    late = run_hop(pair, "stream", rate=10_000, count=5_000, size=64, nodelay="after")
+    assert_complete(late, 5_000 * 64)
+    assert late.client["data_segs_out"] <= 0.15 * 5_000
+
+
+def test_latency_class_sends_exactly_as_baseline(pair, datapath):
+    counts = {"base": [], "latency": []}
+    for _ in range(2):  # interleaved so machine noise favours neither
+        no_dapb(datapath)
+        counts["base"].append(run_hop(pair, "stream", rate=10_000, count=5_000, size=64).client["data_segs_out"])
+        use_class(datapath, L.CLASS_LATENCY)
+        counts["latency"].append(run_hop(pair, "stream", rate=10_000, count=5_000, size=64).client["data_segs_out"])
+    assert abs(sum(counts["latency"]) - sum(counts["base"])) <= 0.01 * sum(counts["base"])
+
+
+def test_latency_class_ping_pong_p50_matches_baseline(pair, datapath):
+    p50 = {"base": [], "latency": []}
+    for _ in range(5):  # interleaved; the median of five p50s each, so one noisy run decides nothing
+        no_dapb(datapath)
+        p50["base"].append(run_hop(pair, "pingpong", count=1_500, size=64).client["rtt_us"]["p50"])
+        use_class(datapath, L.CLASS_LATENCY)
+        p50["latency"].append(run_hop(pair, "pingpong", count=1_500, size=64).client["rtt_us"]["p50"])
+    base, lat = sorted(p50["base"])[2], sorted(p50["latency"])[2]
+    print(f"ping-pong p50 baseline {p50['base']} us, latency class {p50['latency']} us")
+    assert abs(lat - base) <= 2.0
+
+
+def test_write_write_read_never_stalls_past_the_bound(pair, datapath):
+    no_dapb(datapath)
+    base = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
+    datapath.write_policy({L.CLASS_THROUGHPUT: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=L.CLASS_THROUGHPUT)
+    nagle = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
+    t_eff = use_class(datapath, L.CLASS_THROUGHPUT)
+    dapb = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
+    use_class(datapath, L.CLASS_LATENCY)
+    latency = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
+    b, n, d, lat = (r.client["exchange_ms"] for r in (base, nagle, dapb, latency))
+    print(f"write-write-read max: baseline {b['max']:.2f}, nagle {n['max']:.2f}, dapb {d['max']:.2f}, "
+          f"latency {lat['max']:.2f} ms")
+    assert n["p50"] >= 30  # the Nagle + delayed-ACK stall (about 44 ms here)
+    assert d["max"] <= b["max"] + t_eff + TICK_MS
+    assert lat["p50"] <= b["p50"] + 0.5 and lat["max"] < SETTINGS.kernel.delack_floor_ms
+
+
+@pytest.mark.parametrize("end", ["close", "shutdown"])
+def test_tail_shorter_than_a_segment_is_delivered_on_close_and_shutdown(pair, datapath, end):
+    use_class(datapath, L.CLASS_THROUGHPUT)
+    r = run_hop(pair, "stream", rate=10_000, count=3_000, size=64, partial=37, end=end)
+    assert r.server["bytes"] == 3_000 * 64 + 37
+    assert r.server["partial_bytes"] == 37 and r.server["in_order"]
+
+
+def test_detach_mid_stream_loses_nothing(pair, datapath):
+    t_eff = use_class(datapath, L.CLASS_THROUGHPUT)
+
+    def detach(_client):
+        time.sleep(0.5)
+        for pod in pair.pods:
+            datapath.detach_cgroup(pod.cgroup)
+
+    r = run_hop(pair, "stream", rate=10_000, count=15_000, size=64, during=detach)
+    assert_complete(r, 15_000 * 64)
+    assert r.server["delay_ms"]["max"] <= 5 + t_eff + TICK_MS
+    assert datapath.links() == []
+
+
+def test_agent_killed_mid_stream_loses_nothing_and_programs_stay(pair, tmp_path):
+    """A separate process loads, attaches and writes policy, then dies by SIGKILL mid-stream: pinned links keep
+    the datapath in place, every byte arrives, none later than the bound."""
+    instance = f"test-kill-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    policy, t_eff = throughput_policy()
+    agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from dapb_mesh.kernel import layout as L
+        from dapb_mesh.kernel.datapath import Datapath
+        dp = Datapath.load({instance!r})
+        for cg in {[str(p.cgroup) for p in pair.pods]!r}:
+            dp.attach_cgroup(Path(cg))
+        dp.write_policy({{L.CLASS_THROUGHPUT: L.ClassPolicy(flags={policy.flags}, ack_bound_us={policy.ack_bound_us})}},
+                        default_class=L.CLASS_THROUGHPUT)
+        print("ready", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout.readline().strip() == "ready"
+
+        def kill(_client):
+            time.sleep(0.5)
+            agent.send_signal(signal.SIGKILL)
+
+        r = run_hop(pair, "stream", rate=10_000, count=15_000, size=64, during=kill)
+        assert_complete(r, 15_000 * 64)
+        assert r.client["data_segs_out"] <= 0.15 * 15_000  # still coalescing after the agent died
+        assert r.server["delay_ms"]["max"] <= 5 + t_eff + TICK_MS
+        adopted = Datapath.open(instance)  # the restart path: re-adopt the pins
+        assert adopted.read_config().version >= 1 and len(adopted.links()) == 4
+        adopted.destroy()
+    finally:
+        agent.kill()
+        agent.wait()
+        if Datapath.exists(instance):
+            Datapath.open(instance).destroy()
+
+
+def test_new_policy_version_reaches_live_sockets(pair, datapath):
+    """A socket notices a new version on its next RTT callback and re-applies its class's knobs."""
+    use_class(datapath, L.CLASS_THROUGHPUT)
+
+    def switch(_client):
+        time.sleep(0.4)
+        switch.version = datapath.write_policy({}, default_class=L.CLASS_THROUGHPUT)  # no knobs: back to baseline
+
+    r = run_hop(pair, "stream", rate=10_000, count=10_000, size=64, during=switch)
+    assert_complete(r, 10_000 * 64)
+    # about 4000 messages coalesced before the switch, about 6000 sent one by one after it
+    assert 0.4 * 10_000 <= r.client["data_segs_out"] <= 0.8 * 10_000
+    live = [s for s in datapath.sock_stats() if s.policy_version == switch.version]
+    assert live, "no socket re-applied the new version"
+    assert all(not s.applied_flags & L.F_NAGLE for s in live)
+
+
+def test_telemetry_records_rtt_segments_and_class(pair, datapath):
+    use_class(datapath, L.CLASS_THROUGHPUT)
+    r = run_hop(pair, "stream", rate=10_000, count=3_000, size=64)
+    stats = datapath.sock_stats()
+    senders = [s for s in stats if s.data_segs_out >= r.client["data_segs_out"] and s.bytes_acked >= 3_000 * 64]
+    assert senders, [(s.data_segs_out, s.bytes_acked) for s in stats]
+    s = senders[0]
+    assert s.class_id == L.CLASS_THROUGHPUT and s.srtt_us > 0 and s.apply_errors == 0
+    assert s.applied_flags & L.F_NAGLE and s.applied_flags & L.F_ACK_BOUND
+
+
+def test_tc_counts_packets_per_dscp_and_injects_loss(pair, datapath):
+    policy, _ = throughput_policy()
+    policy.flags |= L.F_SET_TOS
+    policy.dscp = L.DSCP_THROUGHPUT
+    datapath.write_policy({L.CLASS_THROUGHPUT: policy}, default_class=L.CLASS_THROUGHPUT, small_bytes=256,
+                          drop_per_million=20_000)
+    datapath.attach_tc(pair.server.ifname, netns=pair.server.netns)
+    r = run_hop(pair, "burst", count=5_000, size=64)
+    assert_complete(r, 320_000)
+    ingress = datapath.tc_stats("ingress", L.DSCP_THROUGHPUT)
+    assert ingress.dropped > 0 and r.client["total_retrans"] > 0
+    assert ingress.data_packets + ingress.dropped >= r.client["data_segs_out"] - 5
+    assert ingress.payload_bytes >= 320_000
+
+
+def test_missing_object_is_refused_clearly(tmp_path):
+    with pytest.raises(DatapathError, match="make -C bpf"):
+        Datapath.load("never", obj_path=tmp_path / "nope.bpf.o")
+    with pytest.raises(DatapathError, match="no DAPB instance"):
+        Datapath.open("never-loaded-instance")
