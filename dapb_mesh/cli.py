@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,8 @@ app.add_typer(policy_app, name="policy")
 config_app = typer.Typer(help="Configuration: reference and validation.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console()
+# Wide tables stay readable when output goes to a file or CI log instead of a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 ConfigOption = Annotated[
@@ -165,6 +167,79 @@ def policy_explain(
         f"enforcer={knobs.enforcer} nodelay={knobs.nodelay} ack_bound_ms={knobs.ack_bound_ms} dscp={knobs.dscp}",
     )
     table.add_row("why", decision.reason)
+    console.print(table)
+
+
+@app.command()
+def bench(
+    scenario: Annotated[str, typer.Option("--scenario", "-s", help="stream-small, burst, write-write-read, pingpong.")],
+    modes: Annotated[
+        str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb.")
+    ] = "baseline,nagle,dapb",
+    arch: Annotated[str, typer.Option("--arch", help="raw (two pods, kernel only).")] = "raw",
+    rate: Annotated[float, typer.Option("--rate", help="Messages per second (stream-small).", min=1)] = 10_000,
+    msg_size: Annotated[int, typer.Option("--msg-size", help="Message size in bytes.", min=16, max=65536)] = 64,
+    repeat: Annotated[int | None, typer.Option("--repeat", help="Interleaved repeats per mode.", min=1)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Shorter runs, one repeat.")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every metric per mode here.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Compare modes side by side in one run on this machine: segments, delays, CPU, the paper's six metrics.
+
+    Needs root: it creates network namespaces, cgroups and BPF programs, and removes them afterwards.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dapb_mesh.bench.modes import validate_modes
+    from dapb_mesh.bench.raw import RAW_SCENARIOS, run_raw
+
+    settings = _settings(config)
+    try:
+        mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--modes") from None
+    if arch != "raw":
+        raise typer.BadParameter(f"{arch!r}: this build benchmarks the raw hop only (raw)", param_hint="--arch")
+    if scenario not in RAW_SCENARIOS:
+        raise typer.BadParameter(f"{scenario!r}; choose from {', '.join(RAW_SCENARIOS)}", param_hint="--scenario")
+    repeats = repeat or (1 if quick else 3)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
+        task = bar.add_task("starting", total=None)
+        result = run_raw(
+            scenario, mode_list, settings, rate=rate, msg_size=msg_size, duration_s=1.0 if quick else 2.0,
+            repeats=repeats, progress=lambda msg: bar.update(task, description=msg),
+        )  # fmt: skip
+    _print_bench(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+        console.print(f"wrote {json_path}")
+
+
+def _fmt(fmt: str, value: float | None) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _print_bench(result: dict) -> None:
+    table = Table(title=f"{result['scenario']} ({result['arch']})")
+    columns = {
+        "segments": ("data_segments", "{:.0f}"),
+        "seg/msg": ("segments_per_message", "{:.3f}"),
+        "small": ("small_segments", "{:.0f}"),
+        "lost B": ("lost_bytes", "{:.0f}"),
+        "p50 ms": ("latency_p50_ms", "{:.3f}"),
+        "p99 ms": ("latency_p99_ms", "{:.3f}"),
+        "max ms": ("latency_max_ms", "{:.2f}"),
+        "Mb/s": ("throughput_mbps", "{:.2f}"),
+        "CPU s": ("cpu_seconds", "{:.3f}"),
+        "eff": ("buffer_efficiency", "{:.2f}"),
+        "+lat ms": ("added_latency_ms", "{:.3f}"),
+        "C_eBPF us": ("ebpf_overhead_us", "{:.3f}"),
+    }
+    table.add_column("mode")
+    for title in columns:
+        table.add_column(title, justify="right")
+    for mode, metrics in result["modes"].items():
+        table.add_row(mode, *(_fmt(fmt, metrics.get(key)) for key, fmt in columns.values()))
     console.print(table)
 
 

@@ -137,35 +137,49 @@ def check_clsact() -> Check:
     return Check("clsact", ok, "clsact qdisc created in a scratch netns" if ok else f"qdiscs: {kinds}")
 
 
+def check_dapb_object() -> Check:
+    from dapb_mesh.kernel.datapath import DEFAULT_OBJECT, probe_object
+
+    probe_object()
+    return Check("dapb_programs", True, f"the verifier accepts every program of {DEFAULT_OBJECT.name}")
+
+
+def check_knobs(kernel: KernelConfig) -> Check:
+    from dapb_mesh.kernel.datapath import probe_knobs
+
+    return Check("socket_knobs", True, probe_knobs(kernel))
+
+
 def run_checks(kernel: KernelConfig | None = None) -> list[Check]:
     kernel = kernel or KernelConfig()
-    checks: list[Callable[[], Check]] = [
-        check_kernel,
-        check_privileges,
-        check_libbpf,
-        check_bpf_syscall,
-        lambda: check_bpffs(kernel),
-        check_btf,
-        lambda: check_cgroup2(kernel),
-        _prog_check("sock_ops", ProgType.SOCK_OPS),
-        _prog_check("sk_msg", ProgType.SK_MSG),
-        _prog_check("cgroup_sockopt", ProgType.CGROUP_SOCKOPT),
-        _prog_check("tc_bpf", ProgType.SCHED_CLS),
-        _map_check("sockhash", MapType.SOCKHASH),
-        _map_check("lru_hash", MapType.LRU_HASH),
-        _map_check("sk_storage", MapType.SK_STORAGE),
-        _map_check("ringbuf", MapType.RINGBUF),
-        _helper_check("bpf_setsockopt", ProgType.SOCK_OPS, FuncId.SETSOCKOPT),
-        _helper_check("sock_hash_update", ProgType.SOCK_OPS, FuncId.SOCK_HASH_UPDATE),
-        _helper_check("msg_cork_bytes", ProgType.SK_MSG, FuncId.MSG_CORK_BYTES),
-        check_clsact,
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("kernel", check_kernel),
+        ("privileges", check_privileges),
+        ("libbpf", check_libbpf),
+        ("bpf_syscall", check_bpf_syscall),
+        ("bpffs", lambda: check_bpffs(kernel)),
+        ("btf", check_btf),
+        ("cgroup2", lambda: check_cgroup2(kernel)),
+        ("sock_ops", _prog_check("sock_ops", ProgType.SOCK_OPS)),
+        ("sk_msg", _prog_check("sk_msg", ProgType.SK_MSG)),
+        ("cgroup_sockopt", _prog_check("cgroup_sockopt", ProgType.CGROUP_SOCKOPT)),
+        ("tc_bpf", _prog_check("tc_bpf", ProgType.SCHED_CLS)),
+        ("sockhash", _map_check("sockhash", MapType.SOCKHASH)),
+        ("lru_hash", _map_check("lru_hash", MapType.LRU_HASH)),
+        ("sk_storage", _map_check("sk_storage", MapType.SK_STORAGE)),
+        ("ringbuf", _map_check("ringbuf", MapType.RINGBUF)),
+        ("bpf_setsockopt", _helper_check("bpf_setsockopt", ProgType.SOCK_OPS, FuncId.SETSOCKOPT)),
+        ("sock_hash_update", _helper_check("sock_hash_update", ProgType.SOCK_OPS, FuncId.SOCK_HASH_UPDATE)),
+        ("msg_cork_bytes", _helper_check("msg_cork_bytes", ProgType.SK_MSG, FuncId.MSG_CORK_BYTES)),
+        ("clsact", check_clsact),
+        ("dapb_programs", check_dapb_object),
+        ("socket_knobs", lambda: check_knobs(kernel)),
     ]
     results = []
-    for check in checks:
+    for name, check in checks:
         try:
             results.append(check())
         except Exception as error:  # a probe that cannot run is a failed check, not a crash
-            name = getattr(check, "__name__", "check").removeprefix("check_")
             results.append(Check(name, False, f"{type(error).__name__}: {error}"))
     return results
 

@@ -27,6 +27,8 @@ EXPECTED = {
     "sock_hash_update",
     "msg_cork_bytes",
     "clsact",
+    "dapb_programs",
+    "socket_knobs",
 }
 
 

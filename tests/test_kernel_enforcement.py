@@ -55,8 +55,10 @@ def test_stream_10k_msgs_per_s_coalesces_within_the_bound(pair, datapath):
         assert_complete(r, 20_000 * 64)
     ratio = dapb.client["data_segs_out"] / base.client["data_segs_out"]
     bound = base.server["delay_ms"]["max"] + t_eff + TICK_MS
-    print(f"segments {base.client['data_segs_out']} -> {dapb.client['data_segs_out']} ({ratio:.3f}); "
-          f"max delay {base.server['delay_ms']['max']:.2f} -> {dapb.server['delay_ms']['max']:.2f} ms (bound {bound})")
+    print(
+        f"segments {base.client['data_segs_out']} -> {dapb.client['data_segs_out']} ({ratio:.3f}); "
+        f"max delay {base.server['delay_ms']['max']:.2f} -> {dapb.server['delay_ms']['max']:.2f} ms (bound {bound})"
+    )
     assert ratio <= 0.15
     assert dapb.server["delay_ms"]["max"] <= bound
 
@@ -111,8 +113,10 @@ def test_write_write_read_never_stalls_past_the_bound(pair, datapath):
     use_class(datapath, L.CLASS_LATENCY)
     latency = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
     b, n, d, lat = (r.client["exchange_ms"] for r in (base, nagle, dapb, latency))
-    print(f"write-write-read max: baseline {b['max']:.2f}, nagle {n['max']:.2f}, dapb {d['max']:.2f}, "
-          f"latency {lat['max']:.2f} ms")
+    print(
+        f"write-write-read max: baseline {b['max']:.2f}, nagle {n['max']:.2f}, dapb {d['max']:.2f}, "
+        f"latency {lat['max']:.2f} ms"
+    )
     assert n["p50"] >= 30  # the Nagle + delayed-ACK stall (about 44 ms here)
     assert d["max"] <= b["max"] + t_eff + TICK_MS
     assert lat["p50"] <= b["p50"] + 0.5 and lat["max"] < SETTINGS.kernel.delack_floor_ms
@@ -145,7 +149,11 @@ def test_agent_killed_mid_stream_loses_nothing_and_programs_stay(pair, tmp_path)
     the datapath in place, every byte arrives, none later than the bound."""
     instance = f"test-kill-{os.getpid()}-{time.monotonic_ns() % 100000}"
     policy, t_eff = throughput_policy()
-    agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from pathlib import Path
         from dapb_mesh.kernel import layout as L
@@ -157,7 +165,11 @@ def test_agent_killed_mid_stream_loses_nothing_and_programs_stay(pair, tmp_path)
                         default_class=L.CLASS_THROUGHPUT)
         print("ready", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert agent.stdout.readline().strip() == "ready"
 
@@ -211,8 +223,9 @@ def test_tc_counts_packets_per_dscp_and_injects_loss(pair, datapath):
     policy, _ = throughput_policy()
     policy.flags |= L.F_SET_TOS
     policy.dscp = L.DSCP_THROUGHPUT
-    datapath.write_policy({L.CLASS_THROUGHPUT: policy}, default_class=L.CLASS_THROUGHPUT, small_bytes=256,
-                          drop_per_million=20_000)
+    datapath.write_policy(
+        {L.CLASS_THROUGHPUT: policy}, default_class=L.CLASS_THROUGHPUT, small_bytes=256, drop_per_million=20_000
+    )
     datapath.attach_tc(pair.server.ifname, netns=pair.server.netns)
     r = run_hop(pair, "burst", count=5_000, size=64)
     assert_complete(r, 320_000)

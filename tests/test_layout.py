@@ -26,8 +26,9 @@ def c_layout(tmp_path_factory) -> dict[str, int]:
         lines.append(f'printf("{const} %lld\\n", (long long)({const}));')
     src = tmp_path_factory.mktemp("layout") / "layout.c"
     src.write_text(
-        "#include <stdio.h>\n#include <stddef.h>\n#include \"dapb.h\"\nint main(void) {\n"
-        + "\n".join(lines) + "\nreturn 0;\n}\n"
+        '#include <stdio.h>\n#include <stddef.h>\n#include "dapb.h"\nint main(void) {\n'
+        + "\n".join(lines)
+        + "\nreturn 0;\n}\n"
     )
     exe = src.with_suffix("")
     subprocess.run(["clang", "-I", str(BPF), str(src), "-o", str(exe)], check=True)

@@ -238,6 +238,10 @@ class Datapath:
                 with suppress(Exception):
                     ipr.tc("del", "clsact", links[0])
 
+    def program_run_time(self) -> dict[str, tuple[int, int]]:
+        """(run_time_ns, run_cnt) per program of this process's loaded object (see libbpf.run_time_stats)."""
+        return {name: libbpf.prog_run_time(fd) for name, fd in self._progs.items()}
+
     # -- maps ---------------------------------------------------------------------------------------------
     def read_config(self) -> Config:
         cfg = Config()
@@ -347,3 +351,46 @@ def probe_object(obj_path: Path = DEFAULT_OBJECT) -> None:
 
 
 __all__ = ["Datapath", "DatapathError", "LibbpfError", "probe_object"]
+
+
+_KNOB_PROBE = """
+import socket
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+cli = socket.socket(); cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+cli.connect(srv.getsockname()); conn, _ = srv.accept()
+cli.sendall(b"x" * 64); conn.recv(64); conn.sendall(b"y"); cli.recv(1)
+for s in (cli, conn, srv): s.close()
+"""
+
+
+def probe_knobs(kernel: KernelConfig | None = None) -> str:
+    """Apply a throughput policy to a real loopback connection in a scratch pod: Nagle forced on and the
+    delayed-ACK bound set by bpf_setsockopt from sock_ops. Returns a detail; raises DatapathError on failure."""
+    import subprocess
+    import sys
+    import uuid
+
+    from dapb_mesh.kernel.layout import CLASS_THROUGHPUT, F_ACK_BOUND, F_ACK_RTO_MIN, F_NAGLE, MIN_ACK_BOUND_US
+    from dapb_mesh.testbed.netns import scratch_pod
+
+    kernel = kernel or KernelConfig()
+    flags = F_NAGLE | F_ACK_BOUND | (F_ACK_RTO_MIN if kernel.ack_bound == "rto_min" else 0)
+    dp = Datapath.load(f"doctor-{uuid.uuid4().hex[:8]}", kernel)
+    try:
+        with scratch_pod(kernel, "doctor") as pod:
+            dp.attach_cgroup(pod.cgroup)
+            policy = ClassPolicy(flags=flags, ack_bound_us=MIN_ACK_BOUND_US)
+            dp.write_policy({CLASS_THROUGHPUT: policy}, default_class=CLASS_THROUGHPUT)
+            pod.popen([sys.executable, "-c", _KNOB_PROBE]).wait(timeout=30)
+            stats = dp.sock_stats()
+    except subprocess.TimeoutExpired:
+        raise DatapathError("the probe connection did not finish in 30 s") from None
+    finally:
+        dp.destroy()
+    if len(stats) < 2:
+        raise DatapathError(f"sock_ops saw {len(stats)} of 2 sockets: is the cgroup v2 path right?")
+    errors = sum(s.apply_errors for s in stats)
+    applied = all(s.applied_flags & flags == flags for s in stats)
+    if errors or not applied:
+        raise DatapathError(f"bpf_setsockopt failed {errors} time(s); knobs applied: {applied}")
+    return f"TCP_NODELAY off and {kernel.ack_bound} {MIN_ACK_BOUND_US} us applied to {len(stats)} real sockets"

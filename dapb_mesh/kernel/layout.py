@@ -28,7 +28,11 @@ HIST_SLOTS = 16
 MAX_SOCKETS = 65536
 MAX_PORT_RULES = 1024
 
-CLASS_OF = {Sensitivity.AUTO: CLASS_DEFAULT, Sensitivity.LATENCY: CLASS_LATENCY, Sensitivity.THROUGHPUT: CLASS_THROUGHPUT}
+CLASS_OF = {
+    Sensitivity.AUTO: CLASS_DEFAULT,
+    Sensitivity.LATENCY: CLASS_LATENCY,
+    Sensitivity.THROUGHPUT: CLASS_THROUGHPUT,
+}
 
 
 class ClassPolicy(ctypes.Structure):
@@ -135,7 +139,7 @@ CONSTANTS = {
 MIN_ACK_BOUND_US = 5000
 
 
-def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:  # noqa: D417
+def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:
     """The kernel slot for a decision: Nagle on the sender and a delayed-ACK bound of T_eff on the receiver when
     the decision holds data; nothing (baseline behaviour) when it sends at once."""
     p = ClassPolicy(buffer_bytes=decision.buffer_bytes, timeout_us=round(decision.timeout_ms * 1000))

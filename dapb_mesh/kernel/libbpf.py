@@ -11,6 +11,7 @@ import errno
 import os
 from enum import IntEnum
 from functools import cache
+from pathlib import Path
 
 
 class ProgType(IntEnum):
@@ -72,6 +73,7 @@ def lib() -> ctypes.CDLL:
         "libbpf_probe_bpf_map_type": ([c_int, c_void_p], c_int),
         "libbpf_probe_bpf_helper": ([c_int, c_int, c_void_p], c_int),
         "libbpf_num_possible_cpus": ([], c_int),
+        "bpf_enable_stats": ([c_int], c_int),
         "bpf_object__open_file": ([c_char_p, c_void_p], c_void_p),
         "bpf_object__load": ([c_void_p], c_int),
         "bpf_object__close": ([c_void_p], None),
@@ -190,3 +192,21 @@ def map_keys(fd: int, key_type: type, limit: int = 1 << 20) -> list:
         keys.append(next_key.value)
         key = key_type(next_key.value)
     return keys
+
+
+class run_time_stats:
+    """Keep the kernel's per-program run-time accounting on while open (BPF_ENABLE_STATS; off again on close)."""
+
+    def __enter__(self) -> run_time_stats:
+        self.fd = check(lib().bpf_enable_stats(0), "enabling BPF run-time statistics")  # BPF_STATS_RUN_TIME
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.fd)
+
+
+def prog_run_time(fd: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) of a program fd, from /proc/self/fdinfo (counted only while stats are on)."""
+    text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+    fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+    return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))

@@ -19,8 +19,9 @@ class HopResult:
     client: dict
 
 
-def run_hop(pair: PodPair, mode: str, *, timeout_s: float = 60.0, server_args: tuple[str, ...] = (),
-            during=None, **client_opts) -> HopResult:
+def run_hop(
+    pair: PodPair, mode: str, *, timeout_s: float = 60.0, server_args: tuple[str, ...] = (), during=None, **client_opts
+) -> HopResult:
     """Start the server in pair.server, the client in pair.client; ``during(client_proc)`` runs mid-stream."""
     port = random.randint(20000, 40000)
     read_fd, write_fd = os.pipe()
@@ -46,5 +47,3 @@ def run_hop(pair: PodPair, mode: str, *, timeout_s: float = 60.0, server_args: t
     if client.returncode or server.returncode:
         raise RuntimeError(f"workload failed: client exit {client.returncode}, server exit {server.returncode}")
     return HopResult(server=json.loads(server_out), client=json.loads(client_out))
-
-

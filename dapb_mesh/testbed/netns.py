@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +126,27 @@ class PodPair:
                 netns.remove(pod.netns)
             _remove_cgroup(pod.cgroup)
         self.pods.clear()
+
+
+@contextmanager
+def scratch_pod(kernel: KernelConfig | None = None, label: str = "scratch"):
+    """One throw-away pod (netns with lo up + cgroup), removed on exit."""
+    from pyroute2 import NetNS, netns
+
+    kernel = kernel or KernelConfig()
+    name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
+    pod = Pod(name, name, kernel.cgroup2_root / name, "127.0.0.1", "lo")
+    pod.cgroup.mkdir()
+    try:
+        netns.create(name)
+        with NetNS(name) as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        yield pod
+    finally:
+        pod.stop()
+        with suppress(Exception):
+            netns.remove(name)
+        _remove_cgroup(pod.cgroup)
 
 
 def _remove_cgroup(cgroup: Path, wait_s: float = 5.0) -> None:

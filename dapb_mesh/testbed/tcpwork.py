@@ -26,7 +26,7 @@ HEADER = struct.Struct("!QQ")  # sequence number, send time in ns
 PREFACE = b"DAPB-PREFACE-v1\n"
 TCP_INFO_LEN = 232
 # offsets in struct tcp_info (linux/tcp.h)
-_TI_UNACKED, _TI_RTT, _TI_TOTAL_RETRANS = 24, 68, 100
+_TI_SND_MSS, _TI_UNACKED, _TI_RTT, _TI_TOTAL_RETRANS = 16, 24, 68, 100
 _TI_NOTSENT, _TI_DATA_SEGS_OUT, _TI_DATA_SEGS_IN = 144, 156, 152
 
 
@@ -37,6 +37,7 @@ def tcp_info(sock: socket.socket) -> dict[str, int]:
         return struct.unpack_from("I", raw, off)[0]
 
     return {
+        "snd_mss": u32(_TI_SND_MSS),
         "unacked": u32(_TI_UNACKED),
         "rtt_us": u32(_TI_RTT),
         "total_retrans": u32(_TI_TOTAL_RETRANS),
@@ -227,6 +228,7 @@ def run_client(args: argparse.Namespace) -> dict:
     result["elapsed_s"] = time.monotonic() - start
     result["data_segs_out"] = after["data_segs_out"] - before["data_segs_out"]
     result["total_retrans"] = after["total_retrans"]
+    result["mss"] = after["snd_mss"]
     if args.end != "shutdown":
         sock.shutdown(socket.SHUT_WR)
     sock.close()

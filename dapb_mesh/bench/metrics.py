@@ -1,0 +1,94 @@
+"""Turn one mode's raw measurements into the contract metrics (the paper's six, measured, not estimated)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from dapb_mesh.metrics import buffer_efficiency, ebpf_overhead, n_reduced, throughput_gain
+
+CONTRACT_FIELDS = (
+    "data_segments",
+    "small_segments",
+    "payload_bytes",
+    "lost_bytes",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_max_ms",
+    "throughput_mbps",
+    "cpu_seconds",
+    "n_reduced",
+    "buffer_efficiency",
+    "added_latency_ms",
+    "ebpf_overhead_us",
+)
+
+
+@dataclass
+class RawRun:
+    """What one run of one mode measured, from the kernel (segments) and the receiver (bytes, delays)."""
+
+    messages: int
+    bytes_sent: int
+    bytes_received: int
+    data_segments: int
+    small_segments: int
+    delay_p50_ms: float
+    delay_p99_ms: float
+    delay_max_ms: float
+    delay_mean_ms: float
+    elapsed_s: float
+    cpu_seconds: float
+    mss: int
+    ebpf_ns: int = 0  # run time of the DAPB programs during the run, measured by the kernel
+
+
+def summarize(run: RawRun) -> dict[str, float]:
+    """Metrics that need only this run; the ones relative to baseline are filled by ``relate``."""
+    from dapb_mesh.metrics import Transmission, Trigger
+
+    # Every kernel segment is one transmission whose capacity is the MSS (eq. 9 with B_max(t) = MSS).
+    per_segment = run.bytes_received / run.data_segments if run.data_segments else 0
+    trace = [Transmission(round(per_segment), Trigger.FULL, run.mss)] if run.data_segments else []
+    return {
+        "messages": run.messages,
+        "data_segments": run.data_segments,
+        "small_segments": run.small_segments,
+        "payload_bytes": run.bytes_received,
+        "lost_bytes": run.bytes_sent - run.bytes_received,
+        "latency_p50_ms": run.delay_p50_ms,
+        "latency_p99_ms": run.delay_p99_ms,
+        "latency_max_ms": run.delay_max_ms,
+        "latency_mean_ms": run.delay_mean_ms,
+        "segments_per_message": run.data_segments / run.messages if run.messages else 0.0,
+        "throughput_mbps": run.bytes_received * 8 / run.elapsed_s / 1e6 if run.elapsed_s > 0 else 0.0,
+        "cpu_seconds": run.cpu_seconds,
+        # C_eBPF (eq. 13): X_eBPF - X_native is the time the programs themselves add, per message
+        "ebpf_overhead_us": ebpf_overhead(run.ebpf_ns, 0) / run.messages / 1e3 if run.messages else 0.0,
+        "n_reduced": n_reduced([run.messages], [run.data_segments]),
+        "buffer_efficiency": buffer_efficiency(trace),
+        "ideal_segments": -(-run.bytes_received // run.mss) if run.mss else 0,
+    }
+
+
+def relate(modes: dict[str, dict[str, float]], baseline: str = "baseline") -> None:
+    """Fill the metrics defined against the baseline mode: added latency, CPU per message, throughput gain."""
+    base = modes.get(baseline)
+    for metrics in modes.values():
+        if base is None:
+            metrics |= {"added_latency_ms": None, "cpu_overhead_us": None, "throughput_gain": None}
+            continue
+        metrics["added_latency_ms"] = max(0.0, metrics["latency_mean_ms"] - base["latency_mean_ms"])
+        per_msg = [m["cpu_seconds"] / m["messages"] * 1e6 if m["messages"] else 0.0 for m in (metrics, base)]
+        metrics["cpu_overhead_us"] = per_msg[0] - per_msg[1]  # whole-pod CPU per message against baseline
+        metrics["throughput_gain"] = throughput_gain(base["throughput_mbps"], metrics["throughput_mbps"])
+
+
+def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric, the median over repeated runs (counts and bytes lost are summed instead: nothing hides)."""
+    out = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs]
+        out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
+    out["repeats"] = len(runs)
+    return out

@@ -1,0 +1,58 @@
+"""The modes a benchmark compares, as kernel class policies: what each mode writes into the maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dapb_mesh.config import Settings
+from dapb_mesh.kernel import layout as L
+from dapb_mesh.policy import Conditions, Decision, Sensitivity, decide
+
+MODES = ("baseline", "passthrough", "nagle", "dapb")
+MODE_HELP = {
+    "baseline": "no DAPB: programs detached, sockets as the application set them (Envoy: TCP_NODELAY)",
+    "passthrough": "programs attached, no knobs: isolates the cost of the eBPF programs (C_eBPF)",
+    "nagle": "Nagle forced on every connection, no bound on the wait",
+    "dapb": "the formula policy (eq. 1-3, 5) for the scenario's class, bounded by the receiver's delayed ACK",
+}
+
+
+@dataclass(frozen=True)
+class ModePlan:
+    """What to do to the kernel for one mode: attach or not, and the snapshot to write."""
+
+    attach: bool
+    policies: dict[int, L.ClassPolicy]
+    default_class: int
+    decision: Decision | None = None
+
+    @property
+    def bound_ms(self) -> float | None:
+        """The bound on any added wait this mode enforces: 0 when it holds nothing, None when unbounded."""
+        if self.decision is not None:
+            return self.decision.enforced_timeout_ms or 0.0
+        return None if any(p.flags & L.F_NAGLE for p in self.policies.values()) else 0.0
+
+
+def validate_modes(modes: list[str]) -> list[str]:
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if not modes:
+        raise ValueError("no modes given")
+    return modes
+
+
+def plan(mode: str, sensitivity: Sensitivity, conditions: Conditions, settings: Settings) -> ModePlan:
+    cls = L.CLASS_OF[sensitivity]
+    if mode == "baseline":
+        return ModePlan(attach=False, policies={}, default_class=L.CLASS_DEFAULT)
+    if mode == "passthrough":
+        return ModePlan(attach=True, policies={}, default_class=cls)
+    if mode == "nagle":
+        return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=cls)
+    if mode == "dapb":
+        decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
+        policy = L.class_policy(decision, rto_min=settings.kernel.ack_bound == "rto_min")
+        return ModePlan(attach=True, policies={cls: policy}, default_class=cls, decision=decision)
+    raise ValueError(f"unknown mode {mode!r}")
