@@ -214,7 +214,9 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, const str
 	record(skops, &fresh);
 	bpf_map_update_elem(&dapb_sock_stats, &cookie, &fresh, BPF_ANY);
 
-	bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+	/* Latency-class sockets get no per-ACK callbacks: they send exactly as without DAPB, at no per-packet cost. */
+	if (cls != DAPB_CLASS_LATENCY)
+		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (cfg->flags & DAPB_CFG_MSG_ACCOUNTING)
 		bpf_sock_hash_update(skops, &dapb_sockhash, &cookie, BPF_NOEXIST);
 }

@@ -206,9 +206,15 @@ def bench(
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("starting", total=None)
         result = run_raw(
-            scenario, mode_list, settings, rate=rate, msg_size=msg_size, duration_s=1.0 if quick else 2.0,
-            repeats=repeats, progress=lambda msg: bar.update(task, description=msg),
-        )  # fmt: skip
+            scenario,
+            mode_list,
+            settings,
+            rate=rate,
+            msg_size=msg_size,
+            duration_s=1.0 if quick else 2.0,
+            repeats=repeats,
+            progress=lambda msg: bar.update(task, description=msg),
+        )
     _print_bench(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))

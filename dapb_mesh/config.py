@@ -136,9 +136,9 @@ class EstimatorConfig(_Strict):
 class KernelConfig(_Strict):
     """What the kernel can enforce: the delayed-ACK bound moves in ticks above a floor (CONFIG_HZ=250 here)."""
 
-    ack_bound: Literal["rto_min", "delack_max"] = "rto_min"
-    """How the receiver bounds its delayed ACK: TCP_BPF_RTO_MIN (tightest: 8 ms, also lowers the socket's own
-    retransmit floor) or TCP_BPF_DELACK_MAX (no side effect, one tick looser). See docs/kernel.md."""
+    ack_bound: Literal["rto_min", "delack_max"] = "delack_max"
+    """How the receiver bounds its delayed ACK: TCP_BPF_DELACK_MAX (no side effect; coalesces from 5k msg/s on)
+    or TCP_BPF_RTO_MIN (one tick tighter, but also lowers the socket's retransmit floor). See docs/kernel.md."""
     delack_floor_ms: Millis = 8.0
     """Shortest delayed-ACK bound the kernel enforces (a 5 ms request, the least accepted, rounds up to 8 ms)."""
     delack_max_extra_ms: Millis = 4.0

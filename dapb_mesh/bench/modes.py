@@ -53,6 +53,6 @@ def plan(mode: str, sensitivity: Sensitivity, conditions: Conditions, settings: 
         return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=cls)
     if mode == "dapb":
         decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
-        policy = L.class_policy(decision, rto_min=settings.kernel.ack_bound == "rto_min")
+        policy = L.class_policy(decision, settings.kernel)
         return ModePlan(attach=True, policies={cls: policy}, default_class=cls, decision=decision)
     raise ValueError(f"unknown mode {mode!r}")

@@ -9,18 +9,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-from dapb_mesh.bench.metrics import RawRun, median_of, relate, summarize
+from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import plan
+from dapb_mesh.bench.runner import run_modes
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed.hop import HopResult, run_hop
 from dapb_mesh.testbed.netns import PodPair
-
-SMALL_BYTES = 512  # a data segment with less payload than this counts as small
 
 
 @dataclass(frozen=True)
@@ -42,27 +40,6 @@ RAW_SCENARIOS = {
 }
 
 
-def _cpu_usec(cgroup: Path) -> int:
-    for line in (cgroup / "cpu.stat").read_text().splitlines():
-        if line.startswith("usage_usec"):
-            return int(line.split()[1])
-    return 0
-
-
-def _egress_small(dp: Datapath) -> tuple[int, int]:
-    data = small = 0
-    for dscp in range(64):
-        s = dp.tc_stats("egress", dscp)
-        data += s.data_packets
-        small += s.small_packets
-    return data, small
-
-
-def _program_ns(dp: Datapath) -> int:
-    """Run time of the DAPB programs (tc excluded: it is the benchmark's own instrument, present in every mode)."""
-    return sum(ns for name, (ns, _) in dp.program_run_time().items() if not name.startswith("dapb_tc"))
-
-
 def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int, cpu_s: float, small: int, ebpf_ns: int) -> RawRun:
     if scn.mode in ("stream", "burst"):
         delay = r.server["delay_ms"]
@@ -78,15 +55,14 @@ def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int, cpu_s: float,
         bytes_sent=sent,
         bytes_received=received,
         data_segments=r.client["data_segs_out"],
-        small_segments=small,
+        small_segments=0,
         delay_p50_ms=delay["p50"],
         delay_p99_ms=delay["p99"],
         delay_max_ms=delay["max"],
         delay_mean_ms=delay["mean"],
         elapsed_s=r.client["elapsed_s"],
-        cpu_seconds=cpu_s,
+        cpu_seconds=0.0,  # filled by the runner
         mss=r.client.get("mss") or 1448,
-        ebpf_ns=ebpf_ns,
     )
 
 
@@ -105,40 +81,23 @@ def run_raw(
     count = {"stream": int(rate * duration_s), "burst": 10_000, "wwr": 100, "pingpong": 2_000}[scn.mode]
     extra: dict = {"rate": rate} if scn.mode == "stream" else {"gap_ms": 2} if scn.mode == "wwr" else {}
     conditions = Conditions(rtt_ms=0.05, loss=0.0, jitter_ms=0.01)  # veth between namespaces, measured order
-    runs: dict[str, list[dict]] = {m: [] for m in modes}
-    bounds: dict[str, float] = {}
+    plans = {m: plan(m, scn.sensitivity, conditions, settings) for m in modes}
     with PodPair(settings.kernel) as pair, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.attach_tc(pair.client.ifname, netns=pair.client.netns)
-            attached = False
-            for rep in range(repeats):
-                order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
-                for mode in order:
-                    p = plan(mode, scn.sensitivity, conditions, settings)
-                    bounds[mode] = p.bound_ms
-                    if p.attach and not attached:
-                        for pod in pair.pods:
-                            dp.attach_cgroup(pod.cgroup)
-                    elif not p.attach and attached:
-                        for pod in pair.pods:
-                            dp.detach_cgroup(pod.cgroup)
-                    attached = p.attach
-                    dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
-                    progress(f"{scenario} [{rep + 1}/{repeats}] {mode}")
-                    cpu0 = sum(_cpu_usec(pod.cgroup) for pod in pair.pods)
-                    tc0, ns0 = _egress_small(dp), _program_ns(dp)
-                    r = run_hop(pair, scn.mode, count=count, size=msg_size, **extra)
-                    cpu_s = (sum(_cpu_usec(pod.cgroup) for pod in pair.pods) - cpu0) / 1e6
-                    small = _egress_small(dp)[1] - tc0[1]
-                    ebpf_ns = _program_ns(dp) - ns0
-                    runs[mode].append(summarize(_to_raw(scn, r, count, msg_size, cpu_s, small, ebpf_ns)))
+            result_modes = run_modes(
+                dp,
+                modes,
+                repeats,
+                plans,
+                [p.cgroup for p in pair.pods],
+                lambda: _to_raw(scn, run_hop(pair, scn.mode, count=count, size=msg_size, **extra), count, msg_size),
+                progress,
+                scenario,
+            )
         finally:
             dp.destroy()
-    result_modes = {m: median_of(rs) for m, rs in runs.items()}
-    relate(result_modes)
-    for mode, metrics in result_modes.items():
-        metrics["enforced_bound_ms"] = bounds[mode]  # None: unbounded
     return {
         "scenario": scenario,
         "arch": "raw",

@@ -224,9 +224,16 @@ class Datapath:
                 ipr.tc("add", "clsact", index)
             for direction, fd in fds.items():
                 ipr.tc(
-                    "add-filter", "bpf", index, ":1", fd=fd, name=TC_PROGRAMS[direction],
-                    parent=_TC_PARENT[direction], classid=1, direct_action=True,
-                )  # fmt: skip
+                    "add-filter",
+                    "bpf",
+                    index,
+                    ":1",
+                    fd=fd,
+                    name=TC_PROGRAMS[direction],
+                    parent=_TC_PARENT[direction],
+                    classid=1,
+                    direct_action=True,
+                )
 
     @staticmethod
     def detach_tc(ifname: str, netns: str | None = None) -> None:

@@ -7,6 +7,7 @@ import ctypes
 from ctypes import c_uint32 as u32
 from ctypes import c_uint64 as u64
 
+from dapb_mesh.config import KernelConfig
 from dapb_mesh.policy import Decision, Sensitivity
 
 CLASS_DEFAULT = 0
@@ -139,13 +140,13 @@ CONSTANTS = {
 MIN_ACK_BOUND_US = 5000
 
 
-def class_policy(decision: Decision, *, rto_min: bool = True) -> ClassPolicy:
+def class_policy(decision: Decision, kernel: KernelConfig) -> ClassPolicy:
     """The kernel slot for a decision: Nagle on the sender and a delayed-ACK bound of T_eff on the receiver when
     the decision holds data; nothing (baseline behaviour) when it sends at once."""
     p = ClassPolicy(buffer_bytes=decision.buffer_bytes, timeout_us=round(decision.timeout_ms * 1000))
     knobs = decision.knobs
     if not knobs.nodelay and knobs.ack_bound_ms is not None:
-        p.flags = F_NAGLE | F_ACK_BOUND | (F_ACK_RTO_MIN if rto_min else 0)
+        p.flags = F_NAGLE | F_ACK_BOUND | (F_ACK_RTO_MIN if kernel.ack_bound == "rto_min" else 0)
         # Ask for the decided T (the kernel rounds it up to T_eff); never below what the kernel accepts.
         p.ack_bound_us = max(MIN_ACK_BOUND_US, round(decision.timeout_ms * 1000))
     p.dscp = knobs.dscp

@@ -26,10 +26,22 @@ def run_hop(
     port = random.randint(20000, 40000)
     read_fd, write_fd = os.pipe()
     server = pair.server.python(
-        MODULE, "server", "--port", str(port), "--mode", mode, "--ready-fd", str(write_fd),
-        "--size", str(client_opts.get("size", 64)), "--timeout", str(timeout_s), *server_args,
-        stdout=subprocess.PIPE, pass_fds=(write_fd,),
-    )  # fmt: skip
+        MODULE,
+        "server",
+        "--port",
+        str(port),
+        "--mode",
+        mode,
+        "--ready-fd",
+        str(write_fd),
+        "--size",
+        str(client_opts.get("size", 64)),
+        "--timeout",
+        str(timeout_s),
+        *server_args,
+        stdout=subprocess.PIPE,
+        pass_fds=(write_fd,),
+    )
     os.close(write_fd)
     with os.fdopen(read_fd) as ready:
         if ready.readline().strip() != "ready":

@@ -40,11 +40,19 @@ class Pod:
     ifname: str
     procs: list[subprocess.Popen] = field(default_factory=list)
 
-    def popen(self, argv: list[str], **kwargs) -> subprocess.Popen:
-        """Start argv inside this pod's netns and cgroup."""
+    def container(self, name: str) -> Path:
+        """A child cgroup of the pod (a container: "app", "sidecar"), created on first use."""
+        path = self.cgroup / name
+        path.mkdir(exist_ok=True)
+        return path
+
+    def popen(self, argv: list[str], *, container: str | None = None, uid: int | None = None, **kwargs):
+        """Start argv inside this pod's netns, in the pod's cgroup or one of its containers, optionally as uid."""
+        cgroup = self.container(container) if container else self.cgroup
+        user = [f"--setuid={uid}", f"--setgid={uid}"] if uid is not None else []  # after setns, as root
         proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.netns}", *argv],
-            preexec_fn=_join_cgroup(self.cgroup),
+            ["nsenter", f"--net=/run/netns/{self.netns}", *user, *argv],
+            preexec_fn=_join_cgroup(cgroup),
             **kwargs,
         )
         self.procs.append(proc)
@@ -150,7 +158,11 @@ def scratch_pod(kernel: KernelConfig | None = None, label: str = "scratch"):
 
 
 def _remove_cgroup(cgroup: Path, wait_s: float = 5.0) -> None:
-    """rmdir a cgroup once its processes are gone (killing stragglers), bounded in time."""
+    """rmdir a cgroup (children first) once its processes are gone (killing stragglers), bounded in time."""
+    if cgroup.is_dir():
+        for child in cgroup.iterdir():
+            if child.is_dir():
+                _remove_cgroup(child, wait_s)
     deadline = time.monotonic() + wait_s
     while cgroup.exists() and time.monotonic() < deadline:
         with suppress(OSError):

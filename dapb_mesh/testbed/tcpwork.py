@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import struct
 import sys
@@ -80,8 +81,6 @@ def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: floa
     lsock.listen(1)
     lsock.settimeout(timeout_s)
     if ready_fd is not None:
-        import os
-
         os.write(ready_fd, b"ready\n")
         os.close(ready_fd)
     conn, _ = lsock.accept()
@@ -224,6 +223,8 @@ def run_client(args: argparse.Namespace) -> dict:
                 raise RuntimeError("server closed during ping-pong")
             rtts.append((time.monotonic_ns() - t) / 1e3)
         result["rtt_us"] = _percentiles(rtts)
+        if args.samples:
+            result["rtt_samples_us"] = rtts
     after = tcp_info(sock)
     result["elapsed_s"] = time.monotonic() - start
     result["data_segs_out"] = after["data_segs_out"] - before["data_segs_out"]
@@ -248,14 +249,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", choices=["normal", "close", "shutdown"], default="normal")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between write-write-read exchanges")
     parser.add_argument(
-        "--nodelay", choices=["before", "after", "never"], default="before",
+        "--nodelay",
+        choices=["before", "after", "never"],
+        default="before",
         help="set TCP_NODELAY before connect (as Envoy), after connect, or never",
-    )  # fmt: skip
+    )
+    parser.add_argument("--samples", action="store_true", help="ping-pong: include every RTT sample")
+    parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
     parser.add_argument("--ready-fd", type=int, default=None, help="server: write 'ready' here once listening")
     parser.add_argument("--timeout", type=float, default=30.0, help="socket timeout, seconds")
     args = parser.parse_args(argv)
     if args.size < HEADER.size:
         parser.error(f"--size must be at least {HEADER.size}")
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     if args.role == "server":
         result = serve(args.port, args.mode, args.size, args.ready_fd, args.timeout)
     else:

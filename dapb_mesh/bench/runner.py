@@ -1,0 +1,78 @@
+"""The loop every benchmark shares: modes interleaved over repeats, the kernel datapath switched per mode,
+segments, CPU and program run time read around each run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from dapb_mesh.bench.metrics import RawRun, median_of, relate, summarize
+from dapb_mesh.bench.modes import ModePlan
+from dapb_mesh.kernel.datapath import Datapath
+
+SMALL_BYTES = 512  # a data segment with less payload than this counts as small
+
+
+def cpu_usec(cgroup: Path) -> int:
+    """CPU time of a cgroup v2 directory (and its children), from cpu.stat."""
+    for line in (cgroup / "cpu.stat").read_text().splitlines():
+        if line.startswith("usage_usec"):
+            return int(line.split()[1])
+    return 0
+
+
+def egress_segments(dp: Datapath) -> tuple[int, int]:
+    """(data segments, small data segments) counted by tc on egress so far, all DSCPs."""
+    data = small = 0
+    for dscp in range(64):
+        s = dp.tc_stats("egress", dscp)
+        data += s.data_packets
+        small += s.small_packets
+    return data, small
+
+
+def program_ns(dp: Datapath) -> int:
+    """Run time of the DAPB programs (tc excluded: it is the benchmark's own instrument, present in every mode)."""
+    return sum(ns for name, (ns, _) in dp.program_run_time().items() if not name.startswith("dapb_tc"))
+
+
+def run_modes(
+    dp: Datapath,
+    modes: list[str],
+    repeats: int,
+    plans: dict[str, ModePlan],
+    cgroups: list[Path],
+    run_once: Callable[[], RawRun],
+    progress: Callable[[str], None],
+    label: str,
+) -> dict[str, dict]:
+    """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics."""
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    attached = False
+    for rep in range(repeats):
+        order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
+        for mode in order:
+            p = plans[mode]
+            if p.attach and not attached:
+                for cg in cgroups:
+                    dp.attach_cgroup(cg)
+            elif not p.attach and attached:
+                for cg in cgroups:
+                    dp.detach_cgroup(cg)
+            attached = p.attach
+            dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
+            progress(f"{label} [{rep + 1}/{repeats}] {mode}")
+            cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp), program_ns(dp)
+            raw = run_once()
+            raw.cpu_seconds = (sum(cpu_usec(c) for c in cgroups) - cpu0) / 1e6
+            seg1 = egress_segments(dp)
+            raw.small_segments = seg1[1] - seg0[1]
+            if raw.data_segments < 0:  # the workload could not count: take the kernel's tc count
+                raw.data_segments = seg1[0] - seg0[0]
+            raw.ebpf_ns = program_ns(dp) - ns0
+            runs[mode].append(summarize(raw))
+    result = {m: median_of(rs) for m, rs in runs.items()}
+    relate(result)
+    for mode, metrics in result.items():
+        metrics["enforced_bound_ms"] = plans[mode].bound_ms  # None: unbounded
+    return result

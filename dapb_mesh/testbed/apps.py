@@ -1,0 +1,157 @@
+"""Testbed workloads behind the sidecars, speaking plain HTTP/1.1 to their local Envoy as most apps do.
+
+server: POST /stream takes a chunked body of fixed-size messages (sequence number + send time each) and answers
+        with what it measured: bytes, messages, order, per-message one-way delay. Any other request gets a
+        body of x-response-size bytes (default 1 KiB), for request/response load from wrk, h2load or curl.
+client: POST /stream at a fixed rate, one chunk per message, then prints the server's answer plus its own view.
+
+  python -m dapb_mesh.testbed.apps server --port 8080
+  python -m dapb_mesh.testbed.apps client --host IP --port 8080 --rate 10000 --count 20000 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from dapb_mesh.testbed.tcpwork import HEADER, _percentiles
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # quiet: the bench reads stdout
+        pass
+
+    def _reply(self, body: bytes, ctype: str = "application/octet-stream") -> None:
+        self.send_response(200)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        size = int(self.headers.get("x-response-size", 1024))
+        self._reply(b"r" * size)
+
+    def do_POST(self) -> None:
+        if self.path.startswith("/stream"):
+            self._reply(json.dumps(self._stream()).encode(), "application/json")
+            return
+        length = int(self.headers.get("content-length", 0))
+        self.rfile.read(length)
+        self.do_GET()
+
+    def _stream(self) -> dict:
+        size = int(self.headers.get("x-msg-size", 64))
+        buf = bytearray()
+        total, expected, in_order = 0, 0, True
+        delays: list[float] = []
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                break
+            n = int(line.split(b";")[0], 16)
+            if n == 0:
+                self.rfile.readline()
+                break
+            chunk = self.rfile.read(n)
+            self.rfile.readline()
+            now = time.monotonic_ns()
+            total += len(chunk)
+            buf += chunk
+            whole = len(buf) // size
+            for i in range(whole):
+                seq, sent = HEADER.unpack_from(buf, i * size)
+                in_order &= seq == expected
+                expected = seq + 1
+                delays.append((now - sent) / 1e6)
+            del buf[: whole * size]
+        return {
+            "bytes": total,
+            "messages": len(delays),
+            "partial_bytes": len(buf),
+            "in_order": in_order,
+            "delay_ms": _percentiles(delays),
+        }
+
+
+def serve(port: int) -> None:
+    server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
+    server.daemon_threads = True
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+def _read_response(sock: socket.socket) -> dict:
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError(f"connection closed before the response: {bytes(data[:200])!r}")
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n")[0]
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")), 0
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    if b" 200 " not in status:
+        raise RuntimeError(f"stream failed: {status.decode()} {body[:200]!r}")
+    return json.loads(body)
+
+
+def stream(host: str, port: int, rate: float, count: int, size: int, authority: str, timeout_s: float) -> dict:
+    sock = socket.create_connection((host, port), timeout=timeout_s)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(
+        f"POST /stream HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n"
+        f"content-type: application/octet-stream\r\nx-msg-size: {size}\r\n\r\n".encode()
+    )
+    interval = 1.0 / rate
+    prefix = f"{size:x}\r\n".encode()
+    t0 = time.monotonic()
+    for seq in range(count):
+        due = t0 + seq * interval
+        while (lag := due - time.monotonic()) > 0:
+            if lag > 0.0002:
+                time.sleep(lag - 0.0001)
+        sock.sendall(prefix + HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m") + b"\r\n")
+    elapsed = time.monotonic() - t0
+    sock.sendall(b"0\r\n\r\n")
+    result = _read_response(sock)
+    sock.close()
+    return {"server": result, "bytes_sent": count * size, "messages_sent": count, "elapsed_s": elapsed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--authority", default="svc-b:8080", help="Host header: which service the route is for")
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    if args.role == "server":
+        serve(args.port)
+        return 0
+    if args.size < HEADER.size:
+        parser.error(f"--size must be at least {HEADER.size}")
+    json.dump(stream(args.host, args.port, args.rate, args.count, args.size, args.authority, args.timeout), sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
