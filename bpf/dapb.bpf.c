@@ -370,12 +370,17 @@ static __always_inline int count(struct __sk_buff *skb, __u32 base, int may_drop
 		s->dropped++;
 		return TC_ACT_SHOT;
 	}
-	s->packets++;
+	/* A GSO/GRO skb carries several wire segments: count segments, not skbs. The last one may be short. */
+	__u32 segs = skb->gso_segs > 1 ? skb->gso_segs : 1;
+	__u32 last = payload;
+	if (segs > 1 && skb->gso_size && payload > (segs - 1) * skb->gso_size)
+		last = payload - (segs - 1) * skb->gso_size;
+	s->packets += segs;
 	s->bytes += skb->len;
 	if (is_tcp && payload) {
-		s->data_packets++;
+		s->data_packets += segs;
 		s->payload_bytes += payload;
-		if (cfg && payload < cfg->small_bytes)
+		if (cfg && last < cfg->small_bytes)
 			s->small_packets++;
 	}
 	return TC_ACT_OK;

@@ -65,7 +65,7 @@ def test_worked_example_matches_hand_computation():
     assert timeout(cond, P) == pytest.approx(17.0)
     d = decide(cond, Sensitivity.AUTO, P, K)
     assert d.source is Source.FORMULA
-    assert d.enforced_timeout_ms == 20.0  # 17 ms rounds up to 5 ticks of 4 ms
+    assert d.enforced_timeout_ms == 24.0  # 17 ms rounds up to 5 ticks of 4 ms, plus DELACK_MAX's extra tick
     assert d.energy == pytest.approx(0.001 * 1576 + 0.1 * 17.0)
 
 
@@ -152,7 +152,9 @@ def test_tiny_buffer_is_not_worth_holding():
 
 @pytest.mark.parametrize(("requested", "enforced"), [(0.5, 8), (8, 8), (8.1, 12), (17, 20), (20, 20), (49, 52)])
 def test_enforced_timeout_is_whole_ticks_above_the_floor(requested, enforced):
-    assert enforced_timeout(requested, KernelConfig()) == enforced
+    assert enforced_timeout(requested, KernelConfig(ack_bound="rto_min")) == enforced
+    # TCP_BPF_DELACK_MAX was measured one tick looser for the same request
+    assert enforced_timeout(requested, KernelConfig(ack_bound="delack_max")) == enforced + 4
 
 
 def test_eq6_mean_urgency_and_flush_rule():

@@ -29,9 +29,11 @@ def condition_buffer(cond: Conditions, cfg: PolicyConfig) -> float:
 
 def clamp_buffer(candidate: float, cfg: PolicyConfig) -> int:
     """B = min(B_max, max(B_min, P)) (eq. 5); a NaN candidate is not a size, so it gets B_min (never buffers more)."""
-    if math.isnan(candidate):
+    if math.isnan(candidate) or candidate <= cfg.b_min_bytes:
         return cfg.b_min_bytes
-    return int(min(cfg.b_max_bytes, max(cfg.b_min_bytes, math.floor(min(candidate, 2**62)))))
+    if candidate >= cfg.b_max_bytes:
+        return cfg.b_max_bytes
+    return max(cfg.b_min_bytes, math.floor(candidate))
 
 
 def buffer_size(cond: Conditions, sensitivity: Sensitivity, cfg: PolicyConfig) -> int:
