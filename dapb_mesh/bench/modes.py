@@ -43,16 +43,21 @@ def validate_modes(modes: list[str]) -> list[str]:
     return modes
 
 
-def plan(mode: str, sensitivity: Sensitivity, conditions: Conditions, settings: Settings) -> ModePlan:
+def plan(
+    mode: str, sensitivity: Sensitivity, conditions: Conditions, settings: Settings, *, classify_all: bool = True
+) -> ModePlan:
+    """``classify_all``: every socket of the attached cgroups is the scenario's class (raw hop); otherwise only
+    sockets a DSCP or port rule names are, and the rest keep the default class with no knobs (sidecars)."""
     cls = L.CLASS_OF[sensitivity]
+    default = cls if classify_all else L.CLASS_DEFAULT
     if mode == "baseline":
         return ModePlan(attach=False, policies={}, default_class=L.CLASS_DEFAULT)
     if mode == "passthrough":
-        return ModePlan(attach=True, policies={}, default_class=cls)
+        return ModePlan(attach=True, policies={}, default_class=default)
     if mode == "nagle":
-        return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=cls)
+        return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=default)
     if mode == "dapb":
         decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
         policy = L.class_policy(decision, settings.kernel)
-        return ModePlan(attach=True, policies={cls: policy}, default_class=cls, decision=decision)
+        return ModePlan(attach=True, policies={cls: policy}, default_class=default, decision=decision)
     raise ValueError(f"unknown mode {mode!r}")

@@ -21,10 +21,10 @@ def cpu_usec(cgroup: Path) -> int:
     return 0
 
 
-def egress_segments(dp: Datapath) -> tuple[int, int]:
-    """(data segments, small data segments) counted by tc on egress so far, all DSCPs."""
+def egress_segments(dp: Datapath, dscps: range | tuple[int, ...] = range(64)) -> tuple[int, int]:
+    """(data segments, small data segments) counted by tc on egress so far, over the given DSCPs."""
     data = small = 0
-    for dscp in range(64):
+    for dscp in dscps:
         s = dp.tc_stats("egress", dscp)
         data += s.data_packets
         small += s.small_packets
@@ -45,8 +45,16 @@ def run_modes(
     run_once: Callable[[], RawRun],
     progress: Callable[[str], None],
     label: str,
+    *,
+    count_dscps: range | tuple[int, ...] = range(64),
+    attach_cgroups: list[Path] | None = None,
 ) -> dict[str, dict]:
-    """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics."""
+    """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics.
+
+    CPU is read from ``cgroups``; programs attach to ``attach_cgroups`` (default: the same); segments are the
+    tc egress counts of ``count_dscps``.
+    """
+    attach_to = cgroups if attach_cgroups is None else attach_cgroups
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     attached = False
     for rep in range(repeats):
@@ -54,18 +62,18 @@ def run_modes(
         for mode in order:
             p = plans[mode]
             if p.attach and not attached:
-                for cg in cgroups:
+                for cg in attach_to:
                     dp.attach_cgroup(cg)
             elif not p.attach and attached:
-                for cg in cgroups:
+                for cg in attach_to:
                     dp.detach_cgroup(cg)
             attached = p.attach
             dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
             progress(f"{label} [{rep + 1}/{repeats}] {mode}")
-            cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp), program_ns(dp)
+            cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(dp)
             raw = run_once()
             raw.cpu_seconds = (sum(cpu_usec(c) for c in cgroups) - cpu0) / 1e6
-            seg1 = egress_segments(dp)
+            seg1 = egress_segments(dp, count_dscps)
             raw.small_segments = seg1[1] - seg0[1]
             if raw.data_segments < 0:  # the workload could not count: take the kernel's tc count
                 raw.data_segments = seg1[0] - seg0[0]

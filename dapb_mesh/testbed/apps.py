@@ -18,7 +18,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from dapb_mesh.testbed.tcpwork import HEADER, _percentiles
+from dapb_mesh.testbed.tcpwork import HEADER, _percentiles, wait_until
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -120,10 +120,7 @@ def stream(host: str, port: int, rate: float, count: int, size: int, authority: 
     prefix = f"{size:x}\r\n".encode()
     t0 = time.monotonic()
     for seq in range(count):
-        due = t0 + seq * interval
-        while (lag := due - time.monotonic()) > 0:
-            if lag > 0.0002:
-                time.sleep(lag - 0.0001)
+        wait_until(t0 + seq * interval)
         sock.sendall(prefix + HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m") + b"\r\n")
     elapsed = time.monotonic() - t0
     sock.sendall(b"0\r\n\r\n")

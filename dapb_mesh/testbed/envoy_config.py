@@ -76,6 +76,7 @@ class SidecarSpec:
     app_port: int = 8080
     tls: Tls | None = None
     upstream_socket_options: dict[str, list[dict]] = field(default_factory=dict)  # cluster suffix -> options
+    requests_per_connection: int = 0  # 0: unlimited (Envoy's default); 1: every request on a new connection
 
 
 def node_id(spec: SidecarSpec) -> str:
@@ -172,6 +173,9 @@ def _outbound_cluster(spec: SidecarSpec, service: Service, suffix: str = "") -> 
             }
         },
     }
+    if spec.requests_per_connection:
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        options["common_http_protocol_options"] = {"max_requests_per_connection": spec.requests_per_connection}
     options = spec.upstream_socket_options.get(suffix)
     if options:
         cluster["upstream_bind_config"] = {

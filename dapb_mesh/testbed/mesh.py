@@ -152,6 +152,7 @@ class Mesh:
         routes: list[ec.RouteSpec] | None = None,
         upstream_socket_options: dict[str, list[dict]] | None = None,
         concurrency: int = 1,
+        requests_per_connection: int = 0,
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -163,6 +164,7 @@ class Mesh:
         self.routes = routes or []
         self.upstream_socket_options = upstream_socket_options or {}
         self.concurrency = concurrency
+        self.requests_per_connection = requests_per_connection
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -253,6 +255,7 @@ class Mesh:
                 app_port=APP_PORT,
                 tls=tls,
                 upstream_socket_options=self.upstream_socket_options,
+                requests_per_connection=self.requests_per_connection,
             )
             self.control_plane.set_snapshot(ec.node_id(spec), Snapshot.build("1", ec.resources(spec)))
             sidecar = Sidecar(pod, spec, self.workdir, xds)

@@ -48,6 +48,14 @@ def tcp_info(sock: socket.socket) -> dict[str, int]:
     }
 
 
+def wait_until(due: float) -> None:
+    """Sleep until a monotonic deadline. No spinning: on a 2-core machine a spinning load generator starves the
+    proxies it measures. The schedule is open-loop, so a late wake-up sends what is due at once."""
+    lag = due - time.monotonic()
+    if lag > 0:
+        time.sleep(lag)
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
@@ -182,10 +190,7 @@ def run_client(args: argparse.Namespace) -> dict:
         sent = 0
         for seq in range(args.count):
             if interval:
-                due = t0 + seq * interval
-                while (lag := due - time.monotonic()) > 0:
-                    if lag > 0.0002:
-                        time.sleep(lag - 0.0001)
+                wait_until(t0 + seq * interval)
             sock.sendall(_message(seq, args.size))
             sent += args.size
         if args.partial:
