@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"
-APT_PACKAGES=(clang llvm lld libbpf-dev libbpf1 bpftool iproute2 iptables tcpdump make python3-venv)
+APT_PACKAGES=(clang llvm lld libbpf-dev libbpf1 bpftool iproute2 iptables tcpdump make python3-venv
+              linux-libc-dev curl wrk nghttp2-client)
 
 log() { printf '\033[1m[bootstrap]\033[0m %s\n' "$*" >&2; }
 

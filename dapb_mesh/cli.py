@@ -172,61 +172,94 @@ def policy_explain(
 
 @app.command()
 def bench(
-    scenario: Annotated[str, typer.Option("--scenario", "-s", help="stream-small, burst, write-write-read, pingpong.")],
+    scenario: Annotated[
+        str, typer.Option("--scenario", "-s", help="stream-small (all archs); burst, write-write-read, pingpong (raw).")
+    ],
     modes: Annotated[
         str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb.")
     ] = "baseline,nagle,dapb",
-    arch: Annotated[str, typer.Option("--arch", help="raw (two pods, kernel only).")] = "raw",
-    rate: Annotated[float, typer.Option("--rate", help="Messages per second (stream-small).", min=1)] = 10_000,
+    arch: Annotated[
+        str, typer.Option("--arch", help="inter-pod, intra-pod (real Envoy sidecars), or raw (kernel only).")
+    ] = "inter-pod",
+    rate: Annotated[
+        str, typer.Option("--rate", help="Messages per second; a comma-separated list sweeps the rates.")
+    ] = "10000",
     msg_size: Annotated[int, typer.Option("--msg-size", help="Message size in bytes.", min=16, max=65536)] = 64,
     repeat: Annotated[int | None, typer.Option("--repeat", help="Interleaved repeats per mode.", min=1)] = None,
-    quick: Annotated[bool, typer.Option("--quick", help="Shorter runs, one repeat.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="One-second runs, one repeat.")] = False,
+    plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every metric per mode here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write report.md and plots to this directory.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Compare modes side by side in one run on this machine: segments, delays, CPU, the paper's six metrics.
 
-    Needs root: it creates network namespaces, cgroups and BPF programs, and removes them afterwards.
+    Needs root: it creates network namespaces, cgroups, Envoy sidecars and BPF programs, and removes them after.
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from dapb_mesh.bench.envoy import ENVOY_SCENARIOS, run_envoy
     from dapb_mesh.bench.modes import validate_modes
     from dapb_mesh.bench.raw import RAW_SCENARIOS, run_raw
+    from dapb_mesh.testbed.mesh import ARCHS
 
     settings = _settings(config)
     try:
         mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--modes") from None
-    if arch != "raw":
-        raise typer.BadParameter(f"{arch!r}: this build benchmarks the raw hop only (raw)", param_hint="--arch")
-    if scenario not in RAW_SCENARIOS:
-        raise typer.BadParameter(f"{scenario!r}; choose from {', '.join(RAW_SCENARIOS)}", param_hint="--scenario")
+    try:
+        rates = [float(r) for r in rate.split(",") if r.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{rate!r} is not a number or a list of numbers", param_hint="--rate") from None
+    if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise typer.BadParameter(f"{rate!r}: rates must be positive numbers", param_hint="--rate")
+    if arch not in (*ARCHS, "raw"):
+        raise typer.BadParameter(f"{arch!r}; choose from {', '.join((*ARCHS, 'raw'))}", param_hint="--arch")
+    known = RAW_SCENARIOS if arch == "raw" else ENVOY_SCENARIOS
+    if scenario not in known:
+        raise typer.BadParameter(
+            f"{scenario!r} for --arch {arch}; choose from {', '.join(known)}", param_hint="--scenario"
+        )
     repeats = repeat or (1 if quick else 3)
+    duration = 1.0 if quick else 2.0
+    results = {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("starting", total=None)
-        result = run_raw(
-            scenario,
-            mode_list,
-            settings,
-            rate=rate,
-            msg_size=msg_size,
-            duration_s=1.0 if quick else 2.0,
-            repeats=repeats,
-            progress=lambda msg: bar.update(task, description=msg),
-        )
-    _print_bench(result)
+        for r in rates:
+            common = {
+                "rate": r,
+                "msg_size": msg_size,
+                "duration_s": duration,
+                "repeats": repeats,
+                "progress": lambda msg, r=r: bar.update(task, description=f"{r:g} msg/s: {msg}"),
+            }
+            if arch == "raw":
+                results[r] = run_raw(scenario, mode_list, settings, **common)
+            else:
+                results[r] = run_envoy(scenario, mode_list, settings, arch=arch, plaintext=plaintext, **common)
+    result = results[rates[-1]]
+    if len(rates) > 1:
+        result["sweep"] = {f"{r:g}": results[r]["modes"] for r in rates}
+    for r in rates:
+        _print_bench(results[r], f"{r:g} msg/s")
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_path}")
+    if report is not None:
+        from dapb_mesh.bench.report import write_report
+
+        console.print(f"wrote {write_report(result, report)}")
 
 
 def _fmt(fmt: str, value: float | None) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def _print_bench(result: dict) -> None:
-    table = Table(title=f"{result['scenario']} ({result['arch']})")
+def _print_bench(result: dict, label: str = "") -> None:
+    table = Table(title=f"{result['scenario']} ({result['arch']}) {label}")
     columns = {
         "segments": ("data_segments", "{:.0f}"),
         "seg/msg": ("segments_per_message", "{:.3f}"),

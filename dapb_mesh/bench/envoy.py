@@ -81,6 +81,7 @@ def run_envoy(
                     delay_p99_ms=s["delay_ms"]["p99"],
                     delay_max_ms=s["delay_ms"]["max"],
                     delay_mean_ms=s["delay_ms"]["mean"],
+                    delay_hist_us=s["delay_ms"]["hist_us"],
                     elapsed_s=r["elapsed_s"],
                     cpu_seconds=0.0,
                     mss=1448,

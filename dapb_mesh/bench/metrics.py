@@ -41,6 +41,7 @@ class RawRun:
     cpu_seconds: float
     mss: int
     ebpf_ns: int = 0  # run time of the DAPB programs during the run, measured by the kernel
+    delay_hist_us: list[int] | None = None  # log2 bins of tcpwork.HIST_EDGES_US
 
 
 def summarize(run: RawRun) -> dict[str, float]:
@@ -68,6 +69,7 @@ def summarize(run: RawRun) -> dict[str, float]:
         "n_reduced": n_reduced([run.messages], [run.data_segments]),
         "buffer_efficiency": buffer_efficiency(trace),
         "ideal_segments": -(-run.bytes_received // run.mss) if run.mss else 0,
+        "delay_hist_us": list(run.delay_hist_us or []),
     }
 
 
@@ -86,9 +88,12 @@ def relate(modes: dict[str, dict[str, float]], baseline: str = "baseline") -> No
 
 def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
     """Per metric, the median over repeated runs (counts and bytes lost are summed instead: nothing hides)."""
-    out = {}
+    out: dict = {}
     for key in runs[0]:
         values = [r[key] for r in runs]
-        out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
+        if isinstance(values[0], list):  # histograms add up
+            out[key] = [sum(bins) for bins in zip(*values, strict=True)]
+        else:
+            out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
     out["repeats"] = len(runs)
     return out

@@ -46,9 +46,7 @@ def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int, cpu_s: float,
         received = r.server["bytes"]
         sent = r.client["bytes_sent"]
     else:
-        key = "exchange_ms" if scn.mode == "wwr" else "rtt_us"
-        scale = 1.0 if scn.mode == "wwr" else 1e-3
-        delay = {k: v * scale for k, v in r.client[key].items()}
+        delay = r.client["exchange_ms" if scn.mode == "wwr" else "rtt_ms"]
         sent = received = count * size
     return RawRun(
         messages=count,
@@ -60,6 +58,7 @@ def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int, cpu_s: float,
         delay_p99_ms=delay["p99"],
         delay_max_ms=delay["max"],
         delay_mean_ms=delay["mean"],
+        delay_hist_us=delay["hist_us"],
         elapsed_s=r.client["elapsed_s"],
         cpu_seconds=0.0,  # filled by the runner
         mss=r.client.get("mss") or 1448,

@@ -70,15 +70,29 @@ def _message(seq: int, size: int) -> bytes:
     return HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m")
 
 
-def _percentiles(values: list[float]) -> dict[str, float]:
+HIST_EDGES_US = [2**k for k in range(0, 21)]  # 1 us .. ~1 s, log2 bins: enough for CDF plots
+
+
+def _percentiles(values: list[float]) -> dict:
+    """p50/p99/max/mean of delays in ms, plus a log2 histogram in microseconds for CDF plots."""
     if not values:
-        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0}
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0, "hist_us": [0] * (len(HIST_EDGES_US) + 1)}
     ordered = sorted(values)
 
     def pick(q: float) -> float:
         return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
 
-    return {"p50": pick(0.5), "p99": pick(0.99), "max": ordered[-1], "mean": sum(ordered) / len(ordered)}
+    hist = [0] * (len(HIST_EDGES_US) + 1)
+    for v in ordered:
+        us = v * 1000
+        hist[next((i for i, edge in enumerate(HIST_EDGES_US) if us < edge), len(HIST_EDGES_US))] += 1
+    return {
+        "p50": pick(0.5),
+        "p99": pick(0.99),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+        "hist_us": hist,
+    }
 
 
 # -- server ---------------------------------------------------------------------------------------------------
@@ -227,7 +241,9 @@ def run_client(args: argparse.Namespace) -> dict:
             if len(_recv_exact(sock, args.size)) < args.size:
                 raise RuntimeError("server closed during ping-pong")
             rtts.append((time.monotonic_ns() - t) / 1e3)
-        result["rtt_us"] = _percentiles(rtts)
+        ms = _percentiles([r / 1000 for r in rtts])
+        result["rtt_ms"] = ms
+        result["rtt_us"] = {k: ms[k] * 1000 for k in ("p50", "p99", "max", "mean")}
         if args.samples:
             result["rtt_samples_us"] = rtts
     after = tcp_info(sock)
