@@ -1,0 +1,29 @@
+"""The eBPF-free fallback on a real hop: a route rto_min bounds the delayed-ACK stall of an app using Nagle."""
+
+import pytest
+
+from dapb_mesh.config import KernelConfig
+from dapb_mesh.kernel import fallback
+from dapb_mesh.testbed.hop import run_hop
+
+
+def test_route_bound_rounds_to_ticks_and_checks_the_prefix():
+    k = KernelConfig()
+    assert fallback.route_bound("10.1.0.0/24", "eth0", 2, k).rto_min_ms == 8
+    assert fallback.route_bound("10.1.0.0/24", "eth0", 17, k).rto_min_ms == 20
+    with pytest.raises(ValueError, match=r"10\.1\.0\.0/33"):
+        fallback.route_bound("10.1.0.0/33", "eth0", 8, k)
+
+
+def test_route_rto_min_bounds_the_nagle_stall_without_any_bpf(pair):
+    bound = fallback.route_bound(f"{pair.subnet}.0/24", pair.server.ifname, 8, KernelConfig())
+    plain = run_hop(pair, "wwr", count=20, size=64, gap_ms=2, nodelay="never")
+    fallback.apply(bound, pair.server.netns)
+    try:
+        bounded = run_hop(pair, "wwr", count=20, size=64, gap_ms=2, nodelay="never")
+        stream = run_hop(pair, "stream", rate=10_000, count=10_000, size=64, nodelay="never")
+    finally:
+        fallback.remove(bound, pair.server.netns)
+    assert plain.client["exchange_ms"]["p50"] > 30  # Nagle + delayed ACK, unbounded
+    assert bounded.client["exchange_ms"]["max"] <= bound.rto_min_ms + 4
+    assert stream.server["bytes"] == 640_000 and stream.client["data_segs_out"] <= 1_500
