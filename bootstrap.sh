@@ -63,7 +63,8 @@ case "${1:-}" in
     run)
         setup
         "$VENV/bin/dapb" doctor
-        "$VENV/bin/dapb" demo
+        "$VENV/bin/dapb" bench --scenario stream-small --modes baseline,nagle,dapb --arch inter-pod --quick \
+            --json reports/quick.json --report reports/quick
         ;;
     test)
         setup

@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Inspect the DAPB policy: what it decides and why.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+testbed_app = typer.Typer(
+    help="The embedded mesh: pods with real Envoy sidecars, on this machine.", no_args_is_help=True
+)
+app.add_typer(testbed_app, name="testbed")
 config_app = typer.Typer(help="Configuration: reference and validation.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
@@ -246,6 +250,7 @@ def bench(
     for r in rates:
         _print_bench(results[r], f"{r:g} msg/s")
     if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2))
         console.print(f"wrote {json_path}")
     if report is not None:
@@ -280,6 +285,106 @@ def _print_bench(result: dict, label: str = "") -> None:
     for mode, metrics in result["modes"].items():
         table.add_row(mode, *(_fmt(fmt, metrics.get(key)) for key, fmt in columns.values()))
     console.print(table)
+
+
+@testbed_app.command("up")
+def testbed_up(
+    arch: Annotated[str, typer.Option("--arch", help="inter-pod or intra-pod.")] = "inter-pod",
+    plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Bring the mesh up and keep it until Ctrl-C or SIGTERM (or `dapb testbed down`), then remove everything.
+
+    Prints the pods and the commands to send traffic through the sidecars (curl, wrk, h2load).
+    """
+    import signal
+    import time
+
+    from dapb_mesh.testbed.mesh import ARCHS, Mesh
+
+    settings = _settings(config)
+    if arch not in ARCHS:
+        raise typer.BadParameter(f"{arch!r}; choose from {', '.join(ARCHS)}", param_hint="--arch")
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    mesh = Mesh(arch, plaintext=plaintext, kernel=settings.kernel)
+    try:
+        mesh.up(progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+        table = Table(title=f"testbed {mesh.run_id} ({arch}, {'plaintext' if plaintext else 'mTLS'})")
+        for column in ("pod", "netns", "address", "service", "Envoy admin"):
+            table.add_column(column)
+        for pod, svc, sidecar in zip(mesh.pods, mesh.services, mesh.sidecars, strict=True):
+            table.add_row(pod.name, pod.netns, pod.address, f"{svc.name}:{svc.port}", str(sidecar.admin))
+        console.print(table)
+        server = mesh.server_pod.address
+        ns = mesh.client_pod.netns
+        console.print(
+            "Send traffic through the sidecars from the client pod:\n"
+            f"  nsenter --net=/run/netns/{ns} curl -s -H 'Host: svc-b' http://{server}:8080/\n"
+            f"  nsenter --net=/run/netns/{ns} h2load -n 1000 -c 4 -H 'Host: svc-b' http://{server}:8080/\n"
+            f"  nsenter --net=/run/netns/{ns} wrk -d 5 -c 4 -H 'Host: svc-b' http://{server}:8080/\n"
+            "Ctrl-C (or `dapb testbed down`) removes it all."
+        )
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        err_console.print("removing the testbed")
+    finally:
+        mesh.down()
+
+
+@testbed_app.command("down")
+def testbed_down() -> None:
+    """Stop every running `testbed up` (SIGTERM) and remove what crashed runs left: netns, cgroups, pins."""
+    import os
+    import signal
+    import time
+
+    from dapb_mesh import owners
+    from dapb_mesh.kernel.datapath import cleanup_stale as stale_bpf
+    from dapb_mesh.testbed.mesh import cleanup_stale_meshes
+    from dapb_mesh.testbed.netns import cleanup_stale
+
+    for entry in owners.OWNERS.glob("pods-*") if owners.OWNERS.is_dir() else []:
+        pid = int(entry.read_text().strip() or 0)
+        if pid and pid != os.getpid():
+            try:
+                os.kill(pid, signal.SIGTERM)
+                console.print(f"asked runner {pid} ({entry.name}) to stop")
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(
+        owners._alive(int(e.read_text() or 0)) for e in owners.OWNERS.glob("pods-*")
+    ):
+        time.sleep(0.2)
+    removed = cleanup_stale() + cleanup_stale_meshes() + stale_bpf()
+    for what in removed:
+        console.print(f"removed {what}")
+    console.print("nothing left" if not removed else f"removed {len(removed)} stale resource(s)")
+
+
+@testbed_app.command("status")
+def testbed_status() -> None:
+    """What testbed runs and DAPB instances exist on this machine, and whether their owners are alive."""
+    from pyroute2 import netns
+
+    from dapb_mesh import owners
+    from dapb_mesh.testbed.netns import PREFIX
+
+    table = Table(title="dapb runs")
+    table.add_column("owner entry")
+    table.add_column("pid")
+    table.add_column("alive")
+    for entry in sorted(owners.OWNERS.glob("*")) if owners.OWNERS.is_dir() else []:
+        pid = int(entry.read_text().strip() or 0)
+        table.add_row(entry.name, str(pid), "yes" if pid and owners._alive(pid) else "[red]no (stale)[/red]")
+    console.print(table)
+    spaces = [n for n in netns.listnetns() if n.startswith(PREFIX)]
+    console.print(f"network namespaces: {', '.join(spaces) or 'none'}")
 
 
 @config_app.command("reference")

@@ -7,6 +7,7 @@ capture, Envoy, mutual TLS, the kernel datapath.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +135,41 @@ def test_bench_inter_pod_quick_json_has_every_contract_metric(tmp_path):
     assert nagle["enforced_bound_ms"] is None  # forced Nagle has no bound (its stalls: test_kernel_enforcement)
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + dapb["enforced_bound_ms"] + 4
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "latency_cdf.png").exists()
+
+
+def test_a_killed_runner_leaves_nothing_after_down():
+    """`testbed up` dies by SIGKILL: its Envoys, namespaces and cgroups are found and removed by `down`."""
+    import os
+    import signal
+    import time
+
+    from pyroute2 import netns
+
+    up = subprocess.Popen(
+        [sys.executable, "-m", "dapb_mesh.cli", "testbed", "up", "--plaintext"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        run_id = None
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if "testbed " in line and run_id is None:
+                run_id = line.split("testbed ")[1].split()[0]
+            if "removes it all" in line:
+                break
+        assert run_id, "testbed up did not report its run"
+    finally:
+        os.kill(up.pid, signal.SIGKILL)
+        up.wait()
+    assert any(run_id in n for n in netns.listnetns())  # really left behind
+    down = subprocess.run(
+        [sys.executable, "-m", "dapb_mesh.cli", "testbed", "down"], capture_output=True, text=True, timeout=60
+    )
+    assert down.returncode == 0, down.stderr
+    assert not any(run_id in n for n in netns.listnetns())
+    assert not list(Path("/sys/fs/cgroup/unified").glob(f"dapb-{run_id}-*"))
+    assert not Path(f"/run/dapb/testbed-{run_id}").exists()
+    assert run_id not in subprocess.run(["pgrep", "-af", "envoy"], capture_output=True, text=True).stdout

@@ -59,6 +59,7 @@ def run_envoy(
         kernel=settings.kernel,
         upstream_socket_options={"": [tos_option(dscp)]},
         requests_per_connection=1,
+        pin_cpus=True,
     )
     with mesh, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
+from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.layout import (
@@ -109,6 +110,7 @@ class Datapath:
         except Exception:
             so.bpf_object__close(obj)
             raise
+        owners.register(f"bpf-{instance}")
         return cls(instance, root, maps, progs, obj)
 
     @classmethod
@@ -143,6 +145,7 @@ class Datapath:
                 self._detach_pin(pin)
         self.close()
         shutil.rmtree(self.root, ignore_errors=True)
+        owners.release(f"bpf-{self.instance}")
 
     def __enter__(self) -> Datapath:
         return self
@@ -343,6 +346,19 @@ class Datapath:
         """Counters of one DSCP on the interfaces this instance's tc programs watch, summed over CPUs."""
         base = {"egress": 0, "ingress": 64}[direction]
         return self._percpu("dapb_tc_stats", base + dscp, TcStats)
+
+
+def cleanup_stale(kernel: KernelConfig | None = None) -> list[str]:
+    """Destroy instances whose loading process died without an agent adopting them (not the agent's own: an
+    agent keeps its instance on purpose, and its restart adopts it)."""
+    removed = []
+    for name in owners.stale("bpf"):
+        instance = name.removeprefix("bpf-")
+        if not instance.startswith("agent") and Datapath.exists(instance, kernel):
+            Datapath.open(instance, kernel).destroy()
+            removed.append(f"bpf instance {instance}")
+        owners.release(name)
+    return removed
 
 
 def probe_object(obj_path: Path = DEFAULT_OBJECT) -> None:

@@ -21,15 +21,27 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
+from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import ControlPlane, Snapshot
-from dapb_mesh.testbed.netns import PREFIX, Pod, _remove_cgroup
+from dapb_mesh.testbed.netns import PREFIX, Pod, _remove_cgroup, cleanup_stale
 from dapb_mesh.testbed.pki import TestbedCA
 
 ARCHS = ("inter-pod", "intra-pod")
 APP_PORT = 8080
 RUN_ROOT = Path("/run/dapb")
+
+
+def cleanup_stale_meshes() -> list[str]:
+    """Work directories of meshes whose runner died (their pods are removed by cleanup_stale)."""
+    removed = []
+    for workdir in RUN_ROOT.glob("testbed-*"):
+        run_id = workdir.name.removeprefix("testbed-")
+        if not (owners.OWNERS / f"pods-{run_id}").exists():
+            shutil.rmtree(workdir, ignore_errors=True)
+            removed.append(f"workdir {workdir}")
+    return removed
 
 
 def envoy_binary() -> Path:
@@ -66,10 +78,12 @@ class Sidecar:
         self.log_path = workdir / f"{pod.name}-envoy.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, concurrency: int = 1) -> None:
+    def start(self, concurrency: int = 1, cpu: int | None = None) -> None:
         log = self.log_path.open("w")
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
         self.proc = self.pod.popen(
             [
+                *pin,
                 str(envoy_binary()),
                 "-c",
                 str(self.bootstrap_path),
@@ -153,6 +167,7 @@ class Mesh:
         upstream_socket_options: dict[str, list[dict]] | None = None,
         concurrency: int = 1,
         requests_per_connection: int = 0,
+        pin_cpus: bool = False,
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -165,6 +180,7 @@ class Mesh:
         self.upstream_socket_options = upstream_socket_options or {}
         self.concurrency = concurrency
         self.requests_per_connection = requests_per_connection
+        self.pin_cpus = pin_cpus
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -203,6 +219,9 @@ class Mesh:
     def up(self, progress=lambda _msg: None) -> None:
         from pyroute2 import IPRoute, NetNS, netns
 
+        for what in cleanup_stale(self.kernel) + cleanup_stale_meshes():
+            progress(f"removed stale {what}")
+        owners.register(f"pods-{self.run_id}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
         n = 1 if self.arch == "intra-pod" else 2
@@ -259,7 +278,8 @@ class Mesh:
             )
             self.control_plane.set_snapshot(ec.node_id(spec), Snapshot.build("1", ec.resources(spec)))
             sidecar = Sidecar(pod, spec, self.workdir, xds)
-            sidecar.start(self.concurrency)
+            # On a small machine each sidecar gets its own CPU, so that one proxy's work does not delay the other's.
+            sidecar.start(self.concurrency, cpu=len(self.sidecars) % os.cpu_count() if self.pin_cpus else None)
             self.sidecars.append(sidecar)
         for sidecar in self.sidecars:
             sidecar.wait_ready()
@@ -300,6 +320,7 @@ class Mesh:
         self.pods.clear()
         self.sidecars.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        owners.release(f"pods-{self.run_id}")
 
     # -- workloads -------------------------------------------------------------------------------------------
     def stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:

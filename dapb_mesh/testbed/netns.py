@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
 
 PREFIX = "dapb-"
@@ -82,6 +83,7 @@ class PodPair:
         self.pods: list[Pod] = []
 
     def __enter__(self) -> PodPair:
+        owners.register(f"pods-{self.run_id}")
         try:
             self._create()
         except BaseException:
@@ -134,6 +136,7 @@ class PodPair:
                 netns.remove(pod.netns)
             _remove_cgroup(pod.cgroup)
         self.pods.clear()
+        owners.release(f"pods-{self.run_id}")
 
 
 @contextmanager
@@ -177,19 +180,28 @@ def _remove_cgroup(cgroup: Path, wait_s: float = 5.0) -> None:
             time.sleep(0.05)
 
 
-def cleanup_stale(kernel: KernelConfig | None = None) -> list[str]:
-    """Remove namespaces and cgroups named dapb-* that no live process of ours owns (after a crashed run)."""
+def remove_run(run_id: str, kernel: KernelConfig | None = None) -> list[str]:
+    """Remove every namespace and cgroup of one run (names dapb-<run_id>-*)."""
     from pyroute2 import netns
 
     kernel = kernel or KernelConfig()
     removed = []
+    stem = f"{PREFIX}{run_id}-"
+    for pod_cgroup in kernel.cgroup2_root.glob(f"{stem}*"):
+        _remove_cgroup(pod_cgroup)
+        removed.append(f"cgroup {pod_cgroup.name}")
     for name in netns.listnetns():
-        if name.startswith(PREFIX):
+        if name.startswith(stem):
             with suppress(Exception):
                 netns.remove(name)
                 removed.append(f"netns {name}")
-    if kernel.cgroup2_root.is_dir():
-        for cgroup in kernel.cgroup2_root.glob(f"{PREFIX}*"):
-            _remove_cgroup(cgroup)
-            removed.append(f"cgroup {cgroup}")
+    return removed
+
+
+def cleanup_stale(kernel: KernelConfig | None = None) -> list[str]:
+    """Remove the pods of runs whose owner process died (a crashed or killed runner)."""
+    removed = []
+    for name in owners.stale("pods"):
+        removed += remove_run(name.removeprefix("pods-"), kernel)
+        owners.release(name)
     return removed
