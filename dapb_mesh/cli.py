@@ -300,6 +300,7 @@ def testbed_up(
     import signal
     import time
 
+    from dapb_mesh import owners
     from dapb_mesh.testbed.mesh import ARCHS, Mesh
 
     settings = _settings(config)
@@ -311,8 +312,11 @@ def testbed_up(
 
     signal.signal(signal.SIGTERM, stop)
     mesh = Mesh(arch, plaintext=plaintext, kernel=settings.kernel)
+    owner = f"testbed-{mesh.run_id}"  # what `testbed down` may stop
+    owners.register(owner)
     try:
         mesh.up(progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+        print(f"testbed {mesh.run_id} is up", flush=True)
         table = Table(title=f"testbed {mesh.run_id} ({arch}, {'plaintext' if plaintext else 'mTLS'})")
         for column in ("pod", "netns", "address", "service", "Envoy admin"):
             table.add_column(column)
@@ -334,6 +338,7 @@ def testbed_up(
         err_console.print("removing the testbed")
     finally:
         mesh.down()
+        owners.release(owner)
 
 
 @testbed_app.command("down")
@@ -348,7 +353,8 @@ def testbed_down() -> None:
     from dapb_mesh.testbed.mesh import cleanup_stale_meshes
     from dapb_mesh.testbed.netns import cleanup_stale
 
-    for entry in owners.OWNERS.glob("pods-*") if owners.OWNERS.is_dir() else []:
+    runners = list(owners.OWNERS.glob("testbed-*")) if owners.OWNERS.is_dir() else []
+    for entry in runners:
         pid = int(entry.read_text().strip() or 0)
         if pid and pid != os.getpid():
             try:
@@ -357,11 +363,11 @@ def testbed_down() -> None:
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(
-        owners._alive(int(e.read_text() or 0)) for e in owners.OWNERS.glob("pods-*")
-    ):
+    while time.monotonic() < deadline and any(e.exists() and owners._alive(int(e.read_text() or 0)) for e in runners):
         time.sleep(0.2)
     removed = cleanup_stale() + cleanup_stale_meshes() + stale_bpf()
+    for name in owners.stale("testbed"):
+        owners.release(name)
     for what in removed:
         console.print(f"removed {what}")
     console.print("nothing left" if not removed else f"removed {len(removed)} stale resource(s)")

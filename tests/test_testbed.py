@@ -148,19 +148,20 @@ def test_a_killed_runner_leaves_nothing_after_down():
     up = subprocess.Popen(
         [sys.executable, "-m", "dapb_mesh.cli", "testbed", "up", "--plaintext"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     try:
         deadline = time.monotonic() + 60
-        run_id = None
+        run_id, seen = None, []
         while time.monotonic() < deadline:
             line = up.stdout.readline()
-            if "testbed " in line and run_id is None:
-                run_id = line.split("testbed ")[1].split()[0]
-            if "removes it all" in line:
+            seen.append(line)
+            if line.endswith(" is up\n"):
+                run_id = line.split()[1]
+            if "removes it all" in line or not line:
                 break
-        assert run_id, "testbed up did not report its run"
+        assert run_id, "".join(seen)[-3000:]
     finally:
         os.kill(up.pid, signal.SIGKILL)
         up.wait()
