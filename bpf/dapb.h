@@ -13,6 +13,7 @@
 #define DAPB_CLASS_DEFAULT 0 /* auto: the formula or the predictor decides */
 #define DAPB_CLASS_LATENCY 1 /* B_min: send at once */
 #define DAPB_CLASS_THROUGHPUT 2 /* B_max: coalesce */
+#define DAPB_CLASS_RECEIVER 3 /* accepted sidecar-to-sidecar sockets: bound the delayed ACK for the sender */
 #define DAPB_MAX_CLASSES 4
 
 /* DSCP code points that name a class (RFC 4594): EF for latency, AF11 for throughput. */

@@ -177,7 +177,12 @@ def policy_explain(
 @app.command()
 def bench(
     scenario: Annotated[
-        str, typer.Option("--scenario", "-s", help="stream-small (all archs); burst, write-write-read, pingpong (raw).")
+        str,
+        typer.Option(
+            "--scenario",
+            "-s",
+            help="stream-small (all archs); burst, write-write-read, pingpong (raw); agent-tick (the control loop).",
+        ),
     ],
     modes: Annotated[
         str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb.")
@@ -210,6 +215,19 @@ def bench(
     from dapb_mesh.testbed.mesh import ARCHS
 
     settings = _settings(config)
+    if scenario == "agent-tick":  # the control loop's own cost; modes and arch do not apply
+        from dapb_mesh.bench.agent_tick import run_agent_tick
+
+        result = run_agent_tick(settings, progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+        ms = result["tick_cpu_ms"]
+        console.print(
+            f"agent tick with {result['sockets']} sockets: p50 {ms['p50']:.2f} ms CPU, max {ms['max']:.2f} ms; "
+            f"{result['core_share_at_tick_hz'] * 100:.1f}% of one core at {result['tick_hz']:g} Hz"
+        )
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(result, indent=2))
+        return
     try:
         mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
     except ValueError as error:
@@ -285,6 +303,84 @@ def _print_bench(result: dict, label: str = "") -> None:
     for mode, metrics in result["modes"].items():
         table.add_row(mode, *(_fmt(fmt, metrics.get(key)) for key, fmt in columns.values()))
     console.print(table)
+
+
+@app.command()
+def agent(
+    cgroup: Annotated[
+        list[Path] | None, typer.Option("--cgroup", help="cgroup v2 directory to attach to (repeatable).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log; touch no kernel state.")] = False,
+    listen: Annotated[str | None, typer.Option("--listen", help="host:port for /metrics, /healthz, /readyz.")] = None,
+    store: Annotated[Path | None, typer.Option("--store", help="SQLite history file.")] = None,
+    max_ticks: Annotated[int | None, typer.Option("--max-ticks", help="Stop after this many ticks.", min=1)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every decision change.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """The node agent: attach to the given cgroups, read telemetry every tick, decide, write versioned policy.
+
+    SIGTERM/SIGINT stop it gracefully (knobs off, programs detached); SIGHUP reloads the configuration; a restart
+    after a crash adopts the pinned programs without a gap.
+    """
+    import logging
+
+    from dapb_mesh.agent import Agent
+    from dapb_mesh.config import parse_settings
+    from dapb_mesh.exporter import serve
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    base = _settings(config).model_dump()
+    overrides = {k: v for k, v in {"cgroups": cgroup, "listen": listen, "store": store}.items() if v}
+    try:
+        settings = parse_settings({**base, "agent": {**base["agent"], **overrides}}, "command line")
+    except ConfigError as error:
+        err_console.print(f"[red]invalid settings[/red]\n{error}", highlight=False)
+        raise typer.Exit(2) from None
+    if not settings.agent.cgroups and not dry_run:
+        raise typer.BadParameter("give at least one cgroup v2 directory (or agent.cgroups)", param_hint="--cgroup")
+    for path in settings.agent.cgroups:
+        if not (path / "cgroup.procs").exists():
+            raise typer.BadParameter(f"{path} is not a cgroup v2 directory", param_hint="--cgroup")
+    the_agent = Agent(settings, dry_run=dry_run, config_path=config)
+    the_agent.install_signal_handlers()
+    server = serve(the_agent, settings.agent.listen)
+    err_console.print(f"dapb agent: metrics on http://{settings.agent.listen}/metrics")
+    try:
+        the_agent.start()
+        the_agent.run(max_ticks=max_ticks)
+    finally:
+        the_agent.stop()
+        server.shutdown()
+
+
+@app.command()
+def history(
+    table: Annotated[str, typer.Option("--table", help="decisions or outcomes.")] = "decisions",
+    cls: Annotated[str | None, typer.Option("--class", help="Only this class (default, latency, throughput).")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most recent rows.", min=1)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON rows.")] = False,
+    store: Annotated[Path | None, typer.Option("--store", help="SQLite history file.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Query the agent's history: decisions and measured outcomes (the paper's knowledge persistence)."""
+    from dapb_mesh.store import HistoryStore, StoreError
+
+    path = store or _settings(config).agent.store
+    if not path.exists():
+        raise typer.BadParameter(f"{path} does not exist: has the agent run?", param_hint="--store")
+    try:
+        rows = HistoryStore(path).recent(table, limit, cls)
+    except StoreError as error:
+        raise typer.BadParameter(str(error), param_hint="--table") from None
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    out = Table(title=f"{table} ({path})")
+    for column in rows[0] if rows else ["(empty)"]:
+        out.add_column(column)
+    for row in rows:
+        out.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(out)
 
 
 @testbed_app.command("up")

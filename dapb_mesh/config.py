@@ -149,12 +149,57 @@ class KernelConfig(_Strict):
     cgroup2_root: Path = Path("/sys/fs/cgroup/unified")
 
 
+class ClassRule(_Strict):
+    """Which sockets belong to a class, besides the DSCP the sidecar marks them with."""
+
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = []
+    """Local or remote TCP ports whose sockets take this class (e.g. 15006, the inbound sidecar port)."""
+    dscp: list[Annotated[int, Field(ge=0, le=63)]] = []
+    """DSCP code points whose sockets take this class."""
+
+
+class AgentConfig(_Strict):
+    """The node agent (`dapb agent`)."""
+
+    cgroups: list[Path] = []
+    """cgroup v2 directories to attach to (the node's pods, or a testbed pod's sidecar container)."""
+    instance: str = "agent"
+    """Name of the pinned BPF instance under <bpffs>/dapb/; a restart adopts it."""
+    tick_hz: Annotated[float, Finite, Field(gt=0, le=100)] = 10.0
+    """Telemetry reads and decisions per second."""
+    min_write_interval_s: Annotated[float, Finite, Field(ge=0)] = 1.0
+    """Rate limit: at most one policy snapshot per this many seconds (kernel state churn is bounded)."""
+    default_sensitivity: Literal["latency", "throughput", "auto"] = "auto"
+    """Class of sockets no rule names."""
+    throughput: ClassRule = ClassRule(dscp=[10])
+    """Sockets in the throughput class (AF11 by default)."""
+    latency: ClassRule = ClassRule(dscp=[46])
+    """Sockets in the latency class (EF by default)."""
+    receiver_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [15006]
+    """Ports of accepted sidecar-to-sidecar sockets: they bound their delayed ACK (the receiving half)."""
+    msg_accounting: bool = False
+    """Attach sk_msg for per-message counts (needed for N_reduced); adds a per-message cost."""
+    store: Path = Path("/var/lib/dapb/history.db")
+    """SQLite history of decisions and outcomes (WAL)."""
+    retention_s: Annotated[float, Finite, Field(gt=0)] = 7 * 24 * 3600.0
+    """History older than this is deleted."""
+    retention_rows: Annotated[int, Field(ge=100)] = 1_000_000
+    """At most this many decision rows are kept."""
+    listen: str = "127.0.0.1:9464"
+    """host:port of /metrics (Prometheus), /healthz and /readyz."""
+    use_predictor: bool = False
+    """Ask the ONNX predictor for B(t) (eq. 4-5); otherwise the formula (eq. 2)."""
+    model: Path = Path("models/dapb_predictor.onnx")
+    """The predictor model file."""
+
+
 class Settings(_Strict):
     """The whole configuration file."""
 
     policy: PolicyConfig = PolicyConfig()
     estimator: EstimatorConfig = EstimatorConfig()
     kernel: KernelConfig = KernelConfig()
+    agent: AgentConfig = AgentConfig()
 
 
 class ConfigError(ValueError):

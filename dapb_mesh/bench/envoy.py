@@ -65,7 +65,7 @@ def run_envoy(
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.set_dscp_class(dscp, cls)
-            dp.set_port_class(ec.INBOUND_PORT, cls)
+            dp.set_port_class(ec.INBOUND_PORT, L.CLASS_RECEIVER)
             netns, ifname = mesh.hop_interface
             dp.attach_tc(ifname, netns=netns)
 

@@ -59,5 +59,6 @@ def plan(
     if mode == "dapb":
         decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
         policy = L.class_policy(decision, settings.kernel)
-        return ModePlan(attach=True, policies={cls: policy}, default_class=default, decision=decision)
+        policies = {cls: policy, L.CLASS_RECEIVER: L.receiver_policy([policy])}
+        return ModePlan(attach=True, policies=policies, default_class=default, decision=decision)
     raise ValueError(f"unknown mode {mode!r}")

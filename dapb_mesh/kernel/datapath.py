@@ -170,11 +170,19 @@ class Datapath:
             for prog_name, short in CGROUP_PROGRAMS.items():
                 pin = self.root / "links" / f"{_cgroup_id(cgroup)}-{short}"
                 pins.append(pin)
-                if pin.exists():
-                    continue
                 prog = so.bpf_object__find_program_by_name(self._obj, prog_name.encode()) if self._obj else None
                 if not prog:
                     raise DatapathError("attaching needs a loaded object (Datapath.load)")
+                if pin.exists():
+                    # Adopted after a restart: swap in this process's programs atomically, no gap.
+                    link_fd = libbpf.obj_get(str(pin))
+                    try:
+                        libbpf.check(
+                            so.bpf_link_update(link_fd, so.bpf_program__fd(prog), None), f"updating link {pin}"
+                        )
+                    finally:
+                        os.close(link_fd)
+                    continue
                 link = libbpf.check_ptr(so.bpf_program__attach_cgroup(prog, fd), f"attaching {prog_name} to {cgroup}")
                 try:
                     libbpf.check(so.bpf_link__pin(link, str(pin).encode()), f"pinning link {pin}")
@@ -312,14 +320,11 @@ class Datapath:
             raise DatapathError(f"DSCP {dscp} out of range 0..63")
         libbpf.map_update(self._maps["dapb_dscp_class"], ctypes.c_uint32(dscp), ctypes.c_uint32(cls))
 
-    def sock_stats(self) -> list[SockStats]:
-        fd = self._maps["dapb_sock_stats"]
-        out = []
-        for cookie in libbpf.map_keys(fd, ctypes.c_uint64):
-            st = SockStats()
-            if libbpf.map_lookup(fd, ctypes.c_uint64(cookie), st):
-                out.append(st)
-        return out
+    def sock_stats(self):
+        """Every socket's telemetry, in batches (a few syscalls for thousands of sockets)."""
+        from dapb_mesh.kernel.layout import MAX_SOCKETS
+
+        return libbpf.map_read_all(self._maps["dapb_sock_stats"], ctypes.c_uint64, SockStats, MAX_SOCKETS)
 
     def forget_sockets(self, cookies: Iterable[int]) -> None:
         for cookie in cookies:

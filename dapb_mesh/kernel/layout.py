@@ -13,6 +13,7 @@ from dapb_mesh.policy import Decision, Sensitivity
 CLASS_DEFAULT = 0
 CLASS_LATENCY = 1
 CLASS_THROUGHPUT = 2
+CLASS_RECEIVER = 3
 MAX_CLASSES = 4
 DSCP_LATENCY = 46
 DSCP_THROUGHPUT = 10
@@ -121,6 +122,7 @@ CONSTANTS = {
     "DAPB_CLASS_DEFAULT": CLASS_DEFAULT,
     "DAPB_CLASS_LATENCY": CLASS_LATENCY,
     "DAPB_CLASS_THROUGHPUT": CLASS_THROUGHPUT,
+    "DAPB_CLASS_RECEIVER": CLASS_RECEIVER,
     "DAPB_MAX_CLASSES": MAX_CLASSES,
     "DAPB_DSCP_LATENCY": DSCP_LATENCY,
     "DAPB_DSCP_THROUGHPUT": DSCP_THROUGHPUT,
@@ -151,3 +153,17 @@ def class_policy(decision: Decision, kernel: KernelConfig) -> ClassPolicy:
         p.ack_bound_us = max(MIN_ACK_BOUND_US, round(decision.timeout_ms * 1000))
     p.dscp = knobs.dscp
     return p
+
+
+def receiver_policy(senders: list[ClassPolicy]) -> ClassPolicy:
+    """The receiving half for the given sender slots: no Nagle of its own, its delayed ACK bounded by the
+    tightest bound any holding class asks for (the receiver cannot tell which class a peer's socket is in)."""
+    holding = [p for p in senders if p.flags & F_ACK_BOUND]
+    if not holding:
+        return ClassPolicy()
+    tightest = min(holding, key=lambda p: p.ack_bound_us)
+    return ClassPolicy(
+        flags=tightest.flags & (F_ACK_BOUND | F_ACK_RTO_MIN),
+        ack_bound_us=tightest.ack_bound_us,
+        timeout_us=tightest.timeout_us,
+    )

@@ -96,6 +96,7 @@ def lib() -> ctypes.CDLL:
         "bpf_map_lookup_elem": ([c_int, c_void_p, c_void_p], c_int),
         "bpf_map_delete_elem": ([c_int, c_void_p], c_int),
         "bpf_map_get_next_key": ([c_int, c_void_p, c_void_p], c_int),
+        "bpf_map_lookup_batch": ([c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p], c_int),
     }
     for fn, (args, res) in signatures.items():
         getattr(so, fn).argtypes = args
@@ -210,3 +211,40 @@ def prog_run_time(fd: int) -> tuple[int, int]:
     text = Path(f"/proc/self/fdinfo/{fd}").read_text()
     fields = dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
     return int(fields.get("run_time_ns", 0)), int(fields.get("run_cnt", 0))
+
+
+def map_read_all(fd: int, key_type: type, value_type: type, capacity: int, chunk: int = 4096):
+    """Every value of a hash map, as one ctypes array, in BPF_MAP_LOOKUP_BATCH calls of ``chunk`` entries."""
+    parts = []
+    keys = (key_type * chunk)()
+    in_batch = ctypes.c_uint64(0)
+    out_batch = ctypes.c_uint64(0)
+    first, total = True, 0
+    while total <= capacity:
+        values = (value_type * chunk)()
+        count = ctypes.c_uint32(chunk)
+        rc = lib().bpf_map_lookup_batch(
+            fd,
+            None if first else ctypes.byref(in_batch),
+            ctypes.byref(out_batch),
+            keys,
+            values,
+            ctypes.byref(count),
+            None,
+        )
+        err = -rc if rc < -1 else (ctypes.get_errno() if rc == -1 else 0)
+        if count.value:
+            parts.append((values, count.value))
+            total += count.value
+        if err == errno.ENOENT:
+            break
+        if rc < 0:
+            check(rc, "batch lookup")
+        in_batch.value = out_batch.value
+        first = False
+    out = (value_type * total)()
+    offset = 0
+    for values, n in parts:
+        ctypes.memmove(ctypes.byref(out, offset * ctypes.sizeof(value_type)), values, n * ctypes.sizeof(value_type))
+        offset += n
+    return out

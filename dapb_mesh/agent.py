@@ -1,0 +1,393 @@
+"""The node agent: telemetry -> C(t) per class -> decision (hysteresis, fallback) -> versioned policy in the maps.
+
+One tick reads the kernel's per-socket telemetry, turns counter deltas and RTT samples into per-class conditions,
+asks the policy (and the predictor, when configured), and writes a new snapshot only when a decision changed and
+the rate limit allows. Every decision and every outcome goes to the history store; the Prometheus exporter
+shows them live. The pure parts (aggregation, decisions) take plain values so they are tested without a kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dapb_mesh.config import ConfigError, Settings, load_settings
+from dapb_mesh.kernel import layout as L
+from dapb_mesh.policy import ConditionEstimator, Conditions, Decision, Sensitivity, decide, with_hysteresis
+from dapb_mesh.store import HistoryStore, Outcome
+
+log = logging.getLogger("dapb.agent")
+
+CLASS_NAMES = {L.CLASS_DEFAULT: "default", L.CLASS_LATENCY: "latency", L.CLASS_THROUGHPUT: "throughput"}
+TCP_CLOSE = 7
+IDLE_CONDITIONS = Conditions(rtt_ms=0.0, loss=0.0, jitter_ms=0.0)
+
+
+@dataclass(frozen=True)
+class SocketSample:
+    """One socket's telemetry (floats, so that tests can represent bad values the kernel never sends)."""
+
+    cookie: int
+    class_id: int
+    srtt_ms: float
+    data_segs_out: float
+    total_retrans: float
+    bytes_acked: float
+    state: int
+    updated_ns: int
+
+
+TELEMETRY_FIELDS = (
+    "cookie",
+    "class_id",
+    "srtt_ms",
+    "data_segs_out",
+    "total_retrans",
+    "bytes_acked",
+    "state",
+    "updated_ns",
+)
+
+
+def columns_from_kernel(stats) -> dict[str, np.ndarray]:
+    """The kernel's SockStats array as columns, without a Python object per socket."""
+    if len(stats) == 0:
+        return columns_from_samples([])
+    arr = np.ctypeslib.as_array(stats)
+    return {
+        "cookie": arr["cookie"].astype(np.uint64),
+        "class_id": arr["class_id"].astype(np.int64),
+        "srtt_ms": arr["srtt_us"] / 1000.0,
+        "data_segs_out": arr["data_segs_out"].astype(np.float64),
+        "total_retrans": arr["total_retrans"].astype(np.float64),
+        "bytes_acked": arr["bytes_acked"].astype(np.float64),
+        "state": arr["state"].astype(np.int64),
+        "updated_ns": arr["last_update_ns"].astype(np.uint64),
+    }
+
+
+def columns_from_samples(samples: list[SocketSample]) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(
+            [getattr(s, name) for s in samples],
+            dtype=np.uint64
+            if name in ("cookie", "updated_ns")
+            else np.int64
+            if name in ("class_id", "state")
+            else np.float64,
+        )
+        for name in TELEMETRY_FIELDS
+    }
+
+
+@dataclass
+class ClassState:
+    """What the agent knows about one class between ticks."""
+
+    estimator: ConditionEstimator = field(default_factory=ConditionEstimator)
+    sent_total: int = 0
+    retrans_total: int = 0
+    decision: Decision | None = None
+    segments: int = 0
+    bytes: int = 0
+    retrans: int = 0
+    sockets: int = 0
+
+
+@dataclass
+class TickReport:
+    changed: list[str]
+    written_version: int | None
+    rejected: int
+    sockets: int
+    cpu_s: float
+
+
+class Aggregator:
+    """Per-socket counter deltas into per-class totals, and the class's mean RTT into its estimator.
+
+    Vectorised (numpy), so a tick over 10,000 sockets stays cheap. Pure: no kernel access.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.prev_cookie = np.zeros(0, dtype=np.uint64)  # sorted
+        self.prev = {name: np.zeros(0) for name in ("data_segs_out", "total_retrans", "bytes_acked", "updated_ns")}
+        self.classes: dict[int, ClassState] = {c: ClassState() for c in CLASS_NAMES}
+        self.rejected: dict[str, int] = {"absurd_rtt": 0, "counter_backwards": 0, "not_finite": 0, "bad_class": 0}
+
+    @property
+    def tracked(self) -> int:
+        return len(self.prev_cookie)
+
+    def ingest(self, cols: dict[str, np.ndarray]) -> list[int]:
+        """Account one tick; return cookies of closed sockets (to forget in the kernel map)."""
+        n_classes = max(CLASS_NAMES) + 1
+        for st in self.classes.values():
+            st.segments = st.bytes = st.retrans = st.sockets = 0
+        cls = cols["class_id"]
+        known = (cls >= 0) & (cls < n_classes) & np.isin(cls, list(CLASS_NAMES))
+        self.rejected["bad_class"] += int((~known).sum())
+        values = np.stack([cols[k] for k in ("srtt_ms", "data_segs_out", "total_retrans", "bytes_acked")])
+        finite = np.isfinite(values).all(axis=0)
+        self.rejected["not_finite"] += int((known & ~finite).sum())
+        ok = known & finite
+        cookie, cls = cols["cookie"][ok], cls[ok]
+        cur = {k: cols[k][ok] for k in self.prev}
+        srtt, state = cols["srtt_ms"][ok], cols["state"][ok]
+
+        if len(self.prev_cookie):
+            idx = np.minimum(np.searchsorted(self.prev_cookie, cookie), len(self.prev_cookie) - 1)
+            seen = self.prev_cookie[idx] == cookie
+            prev = {k: v[idx] for k, v in self.prev.items()}
+        else:
+            seen = np.zeros(len(cookie), dtype=bool)
+            prev = {k: np.zeros(len(cookie)) for k in self.prev}
+        deltas = {k: np.where(seen, cur[k] - prev[k], 0.0) for k in ("data_segs_out", "total_retrans", "bytes_acked")}
+        backwards = (np.stack(list(deltas.values())) < 0).any(axis=0)
+        self.rejected["counter_backwards"] += int(backwards.sum())
+        good = ~backwards
+        fresh = ~seen | (cur["updated_ns"] != prev["updated_ns"])
+        absurd = fresh & (srtt > self.settings.estimator.max_rtt_ms)
+        self.rejected["absurd_rtt"] += int(absurd.sum())
+        rtt_ok = fresh & (srtt > 0) & ~absurd
+
+        sums = {k: np.bincount(cls[good], weights=v[good], minlength=n_classes) for k, v in deltas.items()}
+        count = np.bincount(cls, minlength=n_classes)
+        rtt_sum = np.bincount(cls[rtt_ok], weights=srtt[rtt_ok], minlength=n_classes)
+        rtt_n = np.bincount(cls[rtt_ok], minlength=n_classes)
+        cfg = self.settings.estimator
+        for c, st in self.classes.items():
+            st.sockets = int(count[c])
+            st.segments = int(sums["data_segs_out"][c])
+            st.retrans = int(sums["total_retrans"][c])
+            st.bytes = int(sums["bytes_acked"][c])
+            st.sent_total += st.segments
+            st.retrans_total += st.retrans
+            mean_rtt = rtt_sum[c] / rtt_n[c] if rtt_n[c] else None
+            st.estimator = st.estimator.observe(
+                cfg, rtt_ms=mean_rtt, sent_total=st.sent_total, retrans_total=st.retrans_total
+            )
+
+        open_ = state != TCP_CLOSE
+        order = np.argsort(cookie[open_], kind="stable")
+        self.prev_cookie = cookie[open_][order]
+        self.prev = {k: v[open_][order] for k, v in cur.items()}
+        return [int(c) for c in cookie[~open_]]
+
+    def conditions(self, cls: int) -> Conditions:
+        return self.classes[cls].estimator.conditions() or IDLE_CONDITIONS
+
+
+def sensitivity_of(cls: int, settings: Settings) -> Sensitivity:
+    if cls == L.CLASS_LATENCY:
+        return Sensitivity.LATENCY
+    if cls == L.CLASS_THROUGHPUT:
+        return Sensitivity.THROUGHPUT
+    return Sensitivity(settings.agent.default_sensitivity)
+
+
+def snapshot(decisions: dict[int, Decision], settings: Settings) -> dict[int, L.ClassPolicy]:
+    """The kernel slots for a set of class decisions, with the receiving half bounded for all of them."""
+    slots = {cls: L.class_policy(d, settings.kernel) for cls, d in decisions.items()}
+    slots[L.CLASS_RECEIVER] = L.receiver_policy(list(slots.values()))
+    return slots
+
+
+class Agent:
+    """The control loop. ``datapath`` is None in dry-run mode: decide and log, touch no kernel state."""
+
+    def __init__(self, settings: Settings, *, dry_run: bool = False, config_path: Path | None = None):
+        self.settings = settings
+        self.config_path = config_path
+        self.dry_run = dry_run
+        self.aggregator = Aggregator(settings)
+        self.datapath = None
+        self.store: HistoryStore | None = None
+        self.version: int | None = None
+        self.last_write = -math.inf
+        self.ready = threading.Event()
+        self.last_tick = 0.0
+        self.suppressed_writes = 0
+        self.writes = 0
+        self.reloads = {"ok": 0, "rejected": 0}
+        self.predictor = None
+        self.decision_counts: Counter[tuple[str, str]] = Counter()
+        self.fallback_counts: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._stats = None
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        from dapb_mesh.kernel import libbpf
+        from dapb_mesh.kernel.datapath import Datapath
+
+        a = self.settings.agent
+        self.store = HistoryStore(a.store)
+        if a.use_predictor:
+            from dapb_mesh.predictor import load_predictor
+
+            self.predictor = load_predictor(a.model)
+        if self.dry_run:
+            self._write(self._decide_all(force=True))
+            self.ready.set()
+            return
+        adopted = Datapath.exists(a.instance, self.settings.kernel)
+        self.datapath = Datapath.load(a.instance, self.settings.kernel)  # reuses pinned maps when adopting
+        self._stats = libbpf.run_time_stats().__enter__()
+        self._apply_rules()
+        for cgroup in a.cgroups:
+            self.datapath.attach_cgroup(cgroup)  # adopted links get the new programs atomically
+        if a.msg_accounting:
+            self.datapath.enable_msg_accounting()
+        if adopted:
+            log.info("adopted pinned instance %s: the last policy stays in force until the next write", a.instance)
+            self.version = self.datapath.read_config().version
+        else:
+            self.version = self._write(self._decide_all(force=True))
+        self.ready.set()
+
+    def _apply_rules(self) -> None:
+        a, dp = self.settings.agent, self.datapath
+        for cls, rule in ((L.CLASS_THROUGHPUT, a.throughput), (L.CLASS_LATENCY, a.latency)):
+            for port in rule.ports:
+                dp.set_port_class(port, cls)
+            for dscp in rule.dscp:
+                dp.set_dscp_class(dscp, cls)
+        for port in a.receiver_ports:
+            dp.set_port_class(port, L.CLASS_RECEIVER)
+
+    def stop(self) -> None:
+        """Graceful stop: write a snapshot with no knobs (live sockets return to baseline on their next ACK),
+        then detach and remove the instance. Nothing is held by the programs, so nothing can be stranded."""
+        self._stop.set()
+        if self.datapath is not None:
+            self.datapath.write_policy({})
+            time.sleep(0.2)  # let busy sockets take the empty snapshot on their next RTT callback
+            self.datapath.destroy()
+            self.datapath = None
+        if self._stats is not None:
+            self._stats.__exit__(None, None, None)
+            self._stats = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the configuration; a bad file is reported and nothing of it is applied."""
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as error:
+            self.reloads["rejected"] += 1
+            log.error("configuration reload rejected, keeping the running one:\n%s", error)
+            return False
+        self.settings = new
+        self.aggregator.settings = new
+        if self.datapath is not None:
+            self._apply_rules()
+        for st in self.aggregator.classes.values():
+            st.decision = None  # decide afresh under the new parameters
+        self.reloads["ok"] += 1
+        log.info("configuration reloaded")
+        return True
+
+    # -- the loop -----------------------------------------------------------------------------------------
+    def _decide_all(self, force: bool = False) -> dict[int, Decision]:
+        out = {}
+        for cls, st in self.aggregator.classes.items():
+            cond = self.aggregator.conditions(cls)
+            sens = sensitivity_of(cls, self.settings)
+            prediction = self.predictor.predict_one(cond, st) if self.predictor is not None else None
+            candidate = decide(
+                cond,
+                sens,
+                self.settings.policy,
+                self.settings.kernel,
+                use_predictor=self.settings.agent.use_predictor,
+                prediction=prediction,
+            )
+            kept, _ = with_hysteresis(None if force else st.decision, candidate, self.settings.policy)
+            out[cls] = kept
+            self.decision_counts[(CLASS_NAMES[cls], candidate.source.value)] += 1
+            if candidate.fallback:
+                self.fallback_counts[CLASS_NAMES[cls]] += 1
+        return out
+
+    def _write(self, decisions: dict[int, Decision]) -> int | None:
+        """Make ``decisions`` the ones in force: the kernel snapshot (unless dry-run) and the history."""
+        for cls, d in decisions.items():
+            self.aggregator.classes[cls].decision = d
+        version = None
+        if self.datapath is not None:
+            version = self.datapath.write_policy(snapshot(decisions, self.settings))
+        self.last_write = time.monotonic()
+        self.writes += 1
+        if self.store is not None:
+            for cls, d in decisions.items():
+                self.store.record_decision(CLASS_NAMES[cls], d, version)
+        return version
+
+    def tick(self) -> TickReport:
+        cpu0 = time.process_time()
+        cols = columns_from_kernel(self.datapath.sock_stats() if self.datapath is not None else [])
+        closed = self.aggregator.ingest(cols)
+        if closed and self.datapath is not None:
+            self.datapath.forget_sockets(closed)
+        decisions = self._decide_all()
+        changed = [CLASS_NAMES[c] for c, d in decisions.items() if d is not self.aggregator.classes[c].decision]
+        written = None
+        if changed:
+            if time.monotonic() - self.last_write >= self.settings.agent.min_write_interval_s:
+                written = self._write(decisions)
+                self.version = written if written is not None else self.version
+            else:
+                self.suppressed_writes += 1
+        interval = 1.0 / self.settings.agent.tick_hz
+        if self.store is not None:
+            for cls, st in self.aggregator.classes.items():
+                if st.sockets:
+                    cond = self.aggregator.conditions(cls)
+                    self.store.record_outcome(
+                        Outcome(
+                            CLASS_NAMES[cls],
+                            interval,
+                            st.sockets,
+                            st.segments,
+                            st.bytes,
+                            st.retrans,
+                            rtt_ms=cond.rtt_ms,
+                        )
+                    )
+        self.last_tick = time.monotonic()
+        return TickReport(
+            changed, written, sum(self.aggregator.rejected.values()), len(cols["cookie"]), time.process_time() - cpu0
+        )
+
+    def run(self, max_ticks: int | None = None) -> None:
+        interval = 1.0 / self.settings.agent.tick_hz
+        ticks = 0
+        next_prune = time.monotonic()
+        while not self._stop.is_set() and (max_ticks is None or ticks < max_ticks):
+            started = time.monotonic()
+            report = self.tick()
+            if report.changed:
+                log.info("decisions changed for %s (version %s)", ", ".join(report.changed), report.written_version)
+            if self.store is not None and started >= next_prune:
+                a = self.settings.agent
+                self.store.prune(a.retention_s, a.retention_rows)
+                next_prune = started + 60
+            ticks += 1
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload())

@@ -1,0 +1,259 @@
+"""The node agent: aggregation and decisions (pure), then the real loop on real pods and sockets."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+
+from dapb_mesh.agent import Agent, Aggregator, SocketSample, columns_from_samples, snapshot
+from dapb_mesh.config import Settings, parse_settings
+from dapb_mesh.kernel import layout as L
+from dapb_mesh.kernel.datapath import Datapath
+from dapb_mesh.policy import Conditions, Sensitivity, decide
+from dapb_mesh.store import HistoryStore
+from dapb_mesh.testbed.hop import run_hop
+
+
+def sample(cookie, cls=L.CLASS_THROUGHPUT, srtt=1.0, segs=0, retrans=0, acked=0, state=1, upd=1):
+    return SocketSample(cookie, cls, srtt, segs, retrans, acked, state, upd)
+
+
+def test_aggregator_sums_deltas_per_class_and_forgets_closed_sockets():
+    agg = Aggregator(Settings())
+    agg.ingest(columns_from_samples([sample(1, segs=10, acked=640), sample(2, cls=L.CLASS_LATENCY, segs=5)]))
+    closed = agg.ingest(
+        columns_from_samples(
+            [sample(1, segs=25, acked=1640, upd=2), sample(2, cls=L.CLASS_LATENCY, segs=9, state=7, upd=2)]
+        )
+    )
+    assert agg.classes[L.CLASS_THROUGHPUT].segments == 15 and agg.classes[L.CLASS_THROUGHPUT].bytes == 1000
+    assert agg.classes[L.CLASS_LATENCY].segments == 4
+    assert closed == [2] and agg.tracked == 1
+
+
+def test_absurd_and_non_finite_telemetry_is_ignored_and_counted():
+    agg = Aggregator(Settings())
+    agg.ingest(columns_from_samples([sample(1, srtt=2.0, segs=10)]))
+    agg.ingest(
+        columns_from_samples(
+            [
+                sample(1, srtt=4e6, segs=20, upd=2),  # an RTT of 67 minutes
+                sample(3, srtt=float("nan")),
+                sample(4, segs=float("inf")),
+                sample(5, cls=9),
+            ]
+        )
+    )
+    agg.ingest(columns_from_samples([sample(1, srtt=2.0, segs=5, upd=3)]))  # counter went backwards
+    assert agg.rejected == {"absurd_rtt": 1, "counter_backwards": 1, "not_finite": 2, "bad_class": 1}
+    cond = agg.conditions(L.CLASS_THROUGHPUT)
+    assert np.isfinite([cond.rtt_ms, cond.loss, cond.jitter_ms]).all() and cond.rtt_ms < 10
+
+
+def test_snapshot_bounds_the_receiver_by_the_tightest_holding_class():
+    s = Settings()
+    cond = Conditions(1.0, 0.0, 0.1)
+    decisions = {
+        c: decide(cond, sens, s.policy, s.kernel)
+        for c, sens in ((L.CLASS_THROUGHPUT, Sensitivity.THROUGHPUT), (L.CLASS_LATENCY, Sensitivity.LATENCY))
+    }
+    slots = snapshot(decisions, s)
+    assert slots[L.CLASS_THROUGHPUT].flags & L.F_NAGLE and not slots[L.CLASS_LATENCY].flags
+    assert slots[L.CLASS_RECEIVER].flags & L.F_ACK_BOUND and not slots[L.CLASS_RECEIVER].flags & L.F_NAGLE
+    assert slots[L.CLASS_RECEIVER].ack_bound_us == slots[L.CLASS_THROUGHPUT].ack_bound_us
+
+
+def agent_settings(tmp_path, pair, **agent) -> Settings:
+    return parse_settings(
+        {
+            "agent": {
+                "cgroups": [str(p.cgroup) for p in pair.pods],
+                "instance": f"agent-test-{uuid.uuid4().hex[:6]}",
+                "store": str(tmp_path / "history.db"),
+                "default_sensitivity": "throughput",
+                "tick_hz": 20,
+                "min_write_interval_s": 0.2,
+                **agent,
+            }
+        }
+    )
+
+
+def test_agent_loop_coalesces_records_history_and_serves_metrics(pair, tmp_path):
+    from dapb_mesh.exporter import serve
+
+    settings = agent_settings(tmp_path, pair, listen="127.0.0.1:0")
+    agent = Agent(settings)
+    server = serve(agent, settings.agent.listen)
+    port = server.server_address[1]
+    try:
+        agent.start()
+        import threading
+
+        loop = threading.Thread(target=agent.run, kwargs={"max_ticks": 200})
+        loop.start()
+        r = run_hop(pair, "stream", rate=10_000, count=10_000, size=64)
+        assert r.server["bytes"] == 640_000 and r.server["in_order"]
+        assert r.client["data_segs_out"] <= 1_500
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for family in (
+            "dapb_buffer_bytes",
+            "dapb_decisions_total",
+            "dapb_buffer_efficiency_ratio",
+            "dapb_added_delay_seconds",
+            "dapb_path_latency_seconds",
+            "dapb_map_entries",
+            "dapb_ebpf_overhead_seconds",
+            "dapb_telemetry_rejected_total",
+            "dapb_fallbacks_total",
+        ):
+            assert family in body, family
+        assert 'dapb_buffer_bytes{class="throughput"} 16384.0' in body
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+        agent._stop.set()
+        loop.join(10)
+        store = HistoryStore(settings.agent.store)
+        assert store.count("decisions") >= 3 and store.count("outcomes") >= 1
+        assert any(row["class"] == "default" and row["segments"] > 0 for row in store.recent("outcomes", 500))
+    finally:
+        agent.stop()
+        server.shutdown()
+    assert not Datapath.exists(settings.agent.instance)  # graceful stop removed everything
+
+
+def run_agent_process(settings_path, *args):
+    return subprocess.Popen(
+        [sys.executable, "-m", "dapb_mesh.cli", "agent", "--config", str(settings_path), *args],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def write_config(tmp_path, settings: Settings):
+    path = tmp_path / "dapb.yaml"
+    path.write_text(json.dumps(json.loads(settings.model_dump_json())))  # JSON is YAML
+    return path
+
+
+def wait_for(predicate, timeout_s=15.0):
+    """Poll until predicate() is true; an exception (pins half made) counts as not yet."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+def test_agent_sigkill_mid_stream_loses_nothing_and_a_restart_adopts_the_pins(pair, tmp_path):
+    settings = agent_settings(tmp_path, pair, listen="127.0.0.1:0")
+    path = write_config(tmp_path, settings)
+    instance = settings.agent.instance
+    agent = run_agent_process(path)
+    try:
+        assert wait_for(lambda: Datapath.exists(instance) and len(Datapath.open(instance).links()) == 4)
+        assert wait_for(lambda: Datapath.open(instance).read_config().version >= 1)
+
+        def kill(_client):
+            time.sleep(0.5)
+            agent.send_signal(signal.SIGKILL)
+
+        r = run_hop(pair, "stream", rate=10_000, count=15_000, size=64, during=kill)
+        assert r.server["bytes"] == 15_000 * 64 and r.server["in_order"]
+        assert r.client["data_segs_out"] <= 0.15 * 15_000  # the last policy stayed in force
+        version = Datapath.open(instance).read_config().version
+        again = run_agent_process(path)
+        try:
+            assert wait_for(lambda: Datapath.open(instance).read_config().version > version, 20)
+            assert len(Datapath.open(instance).links()) == 4  # adopted: the same links, new programs
+            again.send_signal(signal.SIGTERM)
+            again.wait(20)
+        finally:
+            again.kill()
+        assert not Datapath.exists(instance)
+    finally:
+        agent.kill()
+        if Datapath.exists(instance):
+            Datapath.open(instance).destroy()
+
+
+def test_sighup_with_a_malformed_configuration_keeps_the_running_one(pair, tmp_path):
+    settings = agent_settings(tmp_path, pair, listen="127.0.0.1:0")
+    path = write_config(tmp_path, settings)
+    agent = Agent(settings, config_path=path, dry_run=True)
+    agent.start()
+    try:
+        path.write_text("policy:\n  b_min_bytes: 99999\n  b_max_bytes: 10\n")
+        assert agent.reload() is False and agent.reloads["rejected"] == 1
+        assert agent.settings is settings
+        path.write_text("agent:\n  default_sensitivity: latency\n  store: " + str(tmp_path / "h2.db") + "\n")
+        assert agent.reload() is True and agent.settings.agent.default_sensitivity == "latency"
+    finally:
+        agent.stop()
+
+
+def test_dry_run_decides_and_records_without_touching_the_kernel(pair, tmp_path):
+    settings = agent_settings(tmp_path, pair)
+    agent = Agent(settings, dry_run=True)
+    agent.start()
+    try:
+        agent.run(max_ticks=3)
+        assert agent.datapath is None and not Datapath.exists(settings.agent.instance)
+        assert HistoryStore(settings.agent.store).count("decisions") >= 3
+    finally:
+        agent.stop()
+
+
+def test_many_short_connections_keep_the_maps_bounded(pair, tmp_path):
+    """2,000 connections open and close; the agent forgets closed sockets, so the map does not fill up."""
+    settings = agent_settings(tmp_path, pair, listen="127.0.0.1:0")
+    agent = Agent(settings)
+    agent.start()
+    try:
+        churn = pair.client.popen(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import socket\n"
+                    "for i in range(2000):\n"
+                    "    s = socket.socket(); s.settimeout(5)\n"
+                    f"    try: s.connect(('{pair.server.address}', 9))\n"
+                    "    except OSError: pass\n"
+                    "    s.close()\n"
+                ),
+            ]
+        )
+        server = pair.server.popen(
+            [
+                sys.executable,
+                "-c",
+                (
+                    "import socket\nl = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                    "l.bind(('0.0.0.0', 9)); l.listen(512); l.settimeout(20)\n"
+                    "for i in range(2000):\n    c, _ = l.accept(); c.close()\n"
+                ),
+            ]
+        )
+        deadline = time.monotonic() + 60
+        while churn.poll() is None and time.monotonic() < deadline:
+            agent.tick()
+            time.sleep(0.05)
+        server.wait(30)
+        for _ in range(10):
+            agent.tick()
+            time.sleep(0.05)
+        left = len(agent.datapath.sock_stats())
+        assert left < 100, left
+        assert agent.aggregator.tracked < 100
+    finally:
+        agent.stop()
