@@ -182,8 +182,8 @@ def test_agent_sigkill_mid_stream_loses_nothing_and_a_restart_adopts_the_pins(pa
         assert not Datapath.exists(instance)
     finally:
         agent.kill()
-        if Datapath.exists(instance):
-            Datapath.open(instance).destroy()
+        agent.wait()
+        Datapath.purge(instance)
 
 
 def test_sighup_with_a_malformed_configuration_keeps_the_running_one(pair, tmp_path):

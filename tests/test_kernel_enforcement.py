@@ -193,8 +193,7 @@ def test_agent_killed_mid_stream_loses_nothing_and_programs_stay(pair, tmp_path)
     finally:
         agent.kill()
         agent.wait()
-        if Datapath.exists(instance):
-            Datapath.open(instance).destroy()
+        Datapath.purge(instance)
 
 
 def test_new_policy_version_reaches_live_sockets(pair, datapath):

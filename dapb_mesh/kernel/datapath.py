@@ -123,6 +123,20 @@ class Datapath:
         return cls(instance, root, maps, {}, None)
 
     @classmethod
+    def purge(cls, instance: str, kernel: KernelConfig | None = None) -> None:
+        """Remove an instance's pins even when it is half made (a loader killed while pinning)."""
+        cls._purge_root(cls.pin_root(instance, kernel), instance)
+
+    @classmethod
+    def _purge_root(cls, root: Path, instance: str) -> None:
+        links = root / "links"
+        if links.is_dir():
+            for pin in links.iterdir():
+                cls._detach_pin(pin)
+        shutil.rmtree(root, ignore_errors=True)
+        owners.release(f"bpf-{instance}")
+
+    @classmethod
     def exists(cls, instance: str, kernel: KernelConfig | None = None) -> bool:
         return (cls.pin_root(instance, kernel) / "maps").is_dir()
 
@@ -139,13 +153,8 @@ class Datapath:
 
     def destroy(self) -> None:
         """Detach every pinned link of this instance and remove its pins (maps die with their last user)."""
-        links = self.root / "links"
-        if links.is_dir():
-            for pin in links.iterdir():
-                self._detach_pin(pin)
         self.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-        owners.release(f"bpf-{self.instance}")
+        self._purge_root(self.root, self.instance)
 
     def __enter__(self) -> Datapath:
         return self
@@ -192,7 +201,8 @@ class Datapath:
             os.close(fd)
         return pins
 
-    def _detach_pin(self, pin: Path) -> None:
+    @staticmethod
+    def _detach_pin(pin: Path) -> None:
         with suppress(FileNotFoundError):
             fd = libbpf.obj_get(str(pin))
             try:
@@ -360,7 +370,7 @@ def cleanup_stale(kernel: KernelConfig | None = None) -> list[str]:
     for name in owners.stale("bpf"):
         instance = name.removeprefix("bpf-")
         if not instance.startswith("agent") and Datapath.exists(instance, kernel):
-            Datapath.open(instance, kernel).destroy()
+            Datapath.purge(instance, kernel)
             removed.append(f"bpf instance {instance}")
         owners.release(name)
     return removed

@@ -237,13 +237,13 @@ class Mesh:
             netns.create(name)
             pod = Pod(name, name, cgroup, f"{self.subnet}.{i + 1}", "eth0")
             self.pods.append(pod)
-            host_if = f"v{self.run_id}{i}"
+            host_if, pod_if = f"v{self.run_id}{i}", f"p{self.run_id}{i}"  # unique even while in the root netns
             with IPRoute() as ipr:
-                ipr.link("add", ifname="eth0tmp" + str(i), kind="veth", peer=host_if)
-                ipr.link("set", index=ipr.link_lookup(ifname="eth0tmp" + str(i))[0], net_ns_fd=name)
+                ipr.link("add", ifname=pod_if, kind="veth", peer=host_if)
+                ipr.link("set", index=ipr.link_lookup(ifname=pod_if)[0], net_ns_fd=name)
                 ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], net_ns_fd=self.bridge_ns)
             with NetNS(name) as ns:
-                idx = ns.link_lookup(ifname="eth0tmp" + str(i))[0]
+                idx = ns.link_lookup(ifname=pod_if)[0]
                 ns.link("set", index=idx, ifname="eth0")
                 ns.addr("add", index=idx, address=pod.address, prefixlen=24)
                 ns.link("set", index=idx, state="up")
