@@ -63,7 +63,7 @@ case "${1:-}" in
     run)
         setup
         "$VENV/bin/dapb" doctor
-        "$VENV/bin/dapb" bench --scenario stream-small --modes baseline,nagle,dapb --arch inter-pod --quick \
+        "$VENV/bin/dapb" bench --scenario stream-small --modes baseline,nagle,agent --arch inter-pod --quick \
             --json reports/quick.json --report reports/quick
         ;;
     test)

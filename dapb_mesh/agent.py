@@ -26,7 +26,10 @@ from dapb_mesh.store import HistoryStore, Outcome
 
 log = logging.getLogger("dapb.agent")
 
-CLASS_NAMES = {L.CLASS_DEFAULT: "default", L.CLASS_LATENCY: "latency", L.CLASS_THROUGHPUT: "throughput"}
+DECIDED = {L.CLASS_DEFAULT: "default", L.CLASS_LATENCY: "latency", L.CLASS_THROUGHPUT: "throughput"}
+"""Classes the agent decides for; the receiver class follows from them (``snapshot``)."""
+CLASS_NAMES = {**DECIDED, L.CLASS_RECEIVER: "receiver"}
+"""Every class telemetry is accounted for."""
 TCP_CLOSE = 7
 IDLE_CONDITIONS = Conditions(rtt_ms=0.0, loss=0.0, jitter_ms=0.0)
 
@@ -302,7 +305,8 @@ class Agent:
     # -- the loop -----------------------------------------------------------------------------------------
     def _decide_all(self, force: bool = False) -> dict[int, Decision]:
         out = {}
-        for cls, st in self.aggregator.classes.items():
+        for cls in DECIDED:
+            st = self.aggregator.classes[cls]
             cond = self.aggregator.conditions(cls)
             sens = sensitivity_of(cls, self.settings)
             prediction = self.predictor.predict_one(cond, st) if self.predictor is not None else None

@@ -257,3 +257,28 @@ def test_many_short_connections_keep_the_maps_bounded(pair, tmp_path):
         assert agent.aggregator.tracked < 100
     finally:
         agent.stop()
+
+
+def test_grafana_dashboard_uses_only_metrics_the_agent_exports(pair, tmp_path):
+    import re
+    from pathlib import Path
+
+    from dapb_mesh.exporter import serve
+
+    settings = agent_settings(tmp_path, pair, listen="127.0.0.1:0")
+    agent = Agent(settings, dry_run=True)
+    server = serve(agent, settings.agent.listen)
+    try:
+        agent.start()
+        agent.tick()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{server.server_address[1]}/metrics", timeout=5).read().decode()
+    finally:
+        agent.stop()
+        server.shutdown()
+    dashboard = (Path(__file__).parents[1] / "istio" / "grafana-dapb-dashboard.json").read_text()
+    used = set(
+        re.findall(r"dapb_[a-z_]+", " ".join(t["expr"] for p in json.loads(dashboard)["panels"] for t in p["targets"]))
+    )
+    exported = set(re.findall(r"^# TYPE (dapb_[a-z_]+)", body, re.MULTILINE))
+    exported |= {f"{name}_total" for name in exported}
+    assert used and used <= exported, used - exported

@@ -12,10 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
+from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import plan
 from dapb_mesh.bench.runner import run_modes
-from dapb_mesh.config import Settings
+from dapb_mesh.config import ClassRule, Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
@@ -88,6 +89,20 @@ def run_envoy(
                     mss=1448,
                 )
 
+            def make_agent() -> Agent:
+                a = settings.agent.model_copy(
+                    update={
+                        "cgroups": [p.container("sidecar") for p in mesh.pods],
+                        "instance": f"agent-bench-{mesh.run_id}",
+                        "store": mesh.workdir / "history.db",
+                        "default_sensitivity": "auto",
+                        "min_write_interval_s": 0.0,
+                        "throughput": ClassRule(dscp=[dscp]),
+                        "receiver_ports": [ec.INBOUND_PORT],
+                    }
+                )
+                return Agent(settings.model_copy(update={"agent": a}))
+
             result_modes = run_modes(
                 dp,
                 modes,
@@ -99,6 +114,7 @@ def run_envoy(
                 scenario,
                 count_dscps=(dscp,),
                 attach_cgroups=[p.container("sidecar") for p in mesh.pods],
+                agent_factory=make_agent,
             )
         finally:
             dp.destroy()

@@ -8,12 +8,13 @@ from dapb_mesh.config import Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.policy import Conditions, Decision, Sensitivity, decide
 
-MODES = ("baseline", "passthrough", "nagle", "dapb")
+MODES = ("baseline", "passthrough", "nagle", "dapb", "agent")
 MODE_HELP = {
     "baseline": "no DAPB: programs detached, sockets as the application set them (Envoy: TCP_NODELAY)",
     "passthrough": "programs attached, no knobs: isolates the cost of the eBPF programs (C_eBPF)",
     "nagle": "Nagle forced on every connection, no bound on the wait",
     "dapb": "the formula policy (eq. 1-3, 5) for the scenario's class, bounded by the receiver's delayed ACK",
+    "agent": "the node agent running live: telemetry, C(t), decisions and snapshots as in production",
 }
 
 
@@ -25,6 +26,7 @@ class ModePlan:
     policies: dict[int, L.ClassPolicy]
     default_class: int
     decision: Decision | None = None
+    agent: bool = False  # the node agent attaches and decides; the bench's own instance stays detached
 
     @property
     def bound_ms(self) -> float | None:
@@ -61,4 +63,7 @@ def plan(
         policy = L.class_policy(decision, settings.kernel)
         policies = {cls: policy, L.CLASS_RECEIVER: L.receiver_policy([policy])}
         return ModePlan(attach=True, policies=policies, default_class=default, decision=decision)
+    if mode == "agent":
+        decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
+        return ModePlan(attach=False, policies={}, default_class=L.CLASS_DEFAULT, decision=decision, agent=True)
     raise ValueError(f"unknown mode {mode!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun, median_of, relate, summarize
 from dapb_mesh.bench.modes import ModePlan
 from dapb_mesh.kernel.datapath import Datapath
@@ -48,6 +49,7 @@ def run_modes(
     *,
     count_dscps: range | tuple[int, ...] = range(64),
     attach_cgroups: list[Path] | None = None,
+    agent_factory: Callable[[], Agent] | None = None,
 ) -> dict[str, dict]:
     """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics.
 
@@ -56,6 +58,7 @@ def run_modes(
     """
     attach_to = cgroups if attach_cgroups is None else attach_cgroups
     runs: dict[str, list[dict]] = {m: [] for m in modes}
+    agents: list[dict] = []
     attached = False
     for rep in range(repeats):
         order = modes[rep % len(modes) :] + modes[: rep % len(modes)]
@@ -70,17 +73,59 @@ def run_modes(
             attached = p.attach
             dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
             progress(f"{label} [{rep + 1}/{repeats}] {mode}")
-            cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(dp)
-            raw = run_once()
+            agent = _start_agent(agent_factory) if p.agent else None
+            timed = agent.datapath if agent is not None else dp
+            cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(timed)
+            try:
+                raw = run_once()
+                raw.ebpf_ns = program_ns(timed) - ns0
+            finally:
+                if agent is not None:
+                    agents.append(_agent_summary(agent))
+                    agent.stop()
             raw.cpu_seconds = (sum(cpu_usec(c) for c in cgroups) - cpu0) / 1e6
             seg1 = egress_segments(dp, count_dscps)
             raw.small_segments = seg1[1] - seg0[1]
             if raw.data_segments < 0:  # the workload could not count: take the kernel's tc count
                 raw.data_segments = seg1[0] - seg0[0]
-            raw.ebpf_ns = program_ns(dp) - ns0
             runs[mode].append(summarize(raw))
     result = {m: median_of(rs) for m, rs in runs.items()}
     relate(result)
     for mode, metrics in result.items():
         metrics["enforced_bound_ms"] = plans[mode].bound_ms  # None: unbounded
+    if agents:
+        result["agent"]["agent"] = agents[-1]
     return result
+
+
+def _start_agent(factory: Callable[[], Agent] | None) -> Agent:
+    """Start the agent in a thread and wait until its first snapshot is in the kernel."""
+    import threading
+
+    if factory is None:
+        raise ValueError("mode 'agent' needs an agent factory (it runs through the sidecar testbed)")
+    agent = factory()
+    agent.start()
+    threading.Thread(target=agent.run, daemon=True).start()
+    return agent
+
+
+def _agent_summary(agent: Agent) -> dict:
+    from dapb_mesh.agent import CLASS_NAMES
+
+    return {
+        "policy_version": agent.version,
+        "writes": agent.writes,
+        "decisions": {
+            CLASS_NAMES[c]: {
+                "buffer_bytes": st.decision.buffer_bytes,
+                "timeout_ms": st.decision.timeout_ms,
+                "enforced_timeout_ms": st.decision.enforced_timeout_ms,
+                "source": st.decision.source.value,
+                "rtt_ms": st.decision.conditions.rtt_ms,
+            }
+            for c, st in agent.aggregator.classes.items()
+            if st.decision is not None
+        },
+        "telemetry_rejected": dict(agent.aggregator.rejected),
+    }
