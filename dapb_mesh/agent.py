@@ -21,7 +21,16 @@ import numpy as np
 
 from dapb_mesh.config import ConfigError, Settings, load_settings
 from dapb_mesh.kernel import layout as L
-from dapb_mesh.policy import ConditionEstimator, Conditions, Decision, Sensitivity, decide, with_hysteresis
+from dapb_mesh.policy import (
+    ConditionEstimator,
+    Conditions,
+    Decision,
+    Prediction,
+    Sensitivity,
+    decide,
+    with_hysteresis,
+)
+from dapb_mesh.predictor.features import as_matrix, feature_row
 from dapb_mesh.store import HistoryStore, Outcome
 
 log = logging.getLogger("dapb.agent")
@@ -303,20 +312,38 @@ class Agent:
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
+    def _predictions(self) -> dict[int, Prediction | None]:
+        """One batched inference for every class this tick (features: C(t) and the class's byte rate)."""
+        if self.predictor is None:
+            return dict.fromkeys(DECIDED)
+        interval = 1.0 / self.settings.agent.tick_hz
+        rows = [
+            feature_row(self.aggregator.conditions(c), self.aggregator.classes[c].bytes / interval) for c in DECIDED
+        ]
+        try:
+            predictions = self.predictor.predict(as_matrix(rows), self.settings.policy)
+        except Exception as error:  # a model that fails at run time is no model: the formula decides
+            log.error("predictor failed: %s", error)
+            return dict.fromkeys(DECIDED)
+        return dict(zip(DECIDED, predictions, strict=True))
+
     def _decide_all(self, force: bool = False) -> dict[int, Decision]:
         out = {}
+        predictions = self._predictions()
+        # With no usable model the formula decides (the fallback for a missing or broken predictor); a model
+        # that serves but is unsure gets the static thresholds inside decide().
+        use_predictor = self.settings.agent.use_predictor and self.predictor is not None
         for cls in DECIDED:
             st = self.aggregator.classes[cls]
             cond = self.aggregator.conditions(cls)
             sens = sensitivity_of(cls, self.settings)
-            prediction = self.predictor.predict_one(cond, st) if self.predictor is not None else None
             candidate = decide(
                 cond,
                 sens,
                 self.settings.policy,
                 self.settings.kernel,
-                use_predictor=self.settings.agent.use_predictor,
-                prediction=prediction,
+                use_predictor=use_predictor,
+                prediction=predictions[cls],
             )
             kept, _ = with_hysteresis(None if force else st.decision, candidate, self.settings.policy)
             out[cls] = kept

@@ -23,6 +23,10 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Inspect the DAPB policy: what it decides and why.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+train_app = typer.Typer(
+    help="The predictor: collect measured outcomes, fit the model, export ONNX.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
 testbed_app = typer.Typer(
     help="The embedded mesh: pods with real Envoy sidecars, on this machine.", no_args_is_help=True
 )
@@ -181,11 +185,12 @@ def bench(
         typer.Option(
             "--scenario",
             "-s",
-            help="stream-small (all archs); burst, write-write-read, pingpong (raw); agent-tick (the control loop).",
+            help="stream-small (all archs); stream-auto, burst, write-write-read, pingpong (raw); agent-tick (the "
+            "control loop); predictor (inference cost).",
         ),
     ],
     modes: Annotated[
-        str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb.")
+        str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb, dapb-ml, agent.")
     ] = "baseline,nagle,dapb",
     arch: Annotated[
         str, typer.Option("--arch", help="inter-pod, intra-pod (real Envoy sidecars), or raw (kernel only).")
@@ -223,6 +228,18 @@ def bench(
         console.print(
             f"agent tick with {result['sockets']} sockets: p50 {ms['p50']:.2f} ms CPU, max {ms['max']:.2f} ms; "
             f"{result['core_share_at_tick_hz'] * 100:.1f}% of one core at {result['tick_hz']:g} Hz"
+        )
+        if json_path is not None:
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(result, indent=2))
+        return
+    if scenario == "predictor":  # inference cost of the shipped model
+        from dapb_mesh.bench.predictor import run_predictor_bench
+
+        result = run_predictor_bench(settings)
+        console.print(
+            f"predictor: {result['rows']} rows in {result['onnx_batch_ms']['p50']:.2f} ms (ONNX batch, p50; max "
+            f"{result['onnx_batch_ms']['max']:.2f}), {result['with_predictions_ms']['p50']:.2f} ms with decisions"
         )
         if json_path is not None:
             json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -381,6 +398,59 @@ def history(
     for row in rows:
         out.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(out)
+
+
+@train_app.command("collect")
+def train_collect(
+    grid: Annotated[
+        str, typer.Option("--grid", help="full, quick or held-out (contexts kept out of training).")
+    ] = "full",
+    store: Annotated[Path, typer.Option("--store", help="SQLite file to add the samples to.")] = Path(
+        "models/training.db"
+    ),
+    duration: Annotated[float, typer.Option("--duration", help="Seconds per run.", min=0.2)] = 1.0,
+    config: ConfigOption = None,
+) -> None:
+    """Run the raw hop across a grid of contexts and record every candidate decision's measured outcome."""
+    from dapb_mesh.predictor.collect import FULL_GRID, HELD_OUT, QUICK_GRID, collect
+    from dapb_mesh.store import HistoryStore
+
+    grids = {"full": FULL_GRID, "quick": QUICK_GRID, "held-out": HELD_OUT}
+    if grid not in grids:
+        raise typer.BadParameter(f"{grid!r}; choose from {', '.join(grids)}", param_hint="--grid")
+    settings = _settings(config)
+    rows = collect(
+        grids[grid],
+        HistoryStore(store),
+        settings,
+        duration_s=duration,
+        progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"),
+    )
+    console.print(f"recorded {rows} samples in {store}")
+
+
+@train_app.command("fit")
+def train_fit(
+    store: Annotated[Path, typer.Option("--store", help="SQLite file with collected samples.")] = Path(
+        "models/training.db"
+    ),
+    model: Annotated[Path, typer.Option("--model", help="Where to write the ONNX model.")] = Path(
+        "models/dapb_predictor.onnx"
+    ),
+    card: Annotated[Path, typer.Option("--card", help="Where to write the model card.")] = Path("models/MODEL_CARD.md"),
+) -> None:
+    """Fit the ensemble on the collected samples (deterministic), export ONNX, write the model card."""
+    from dapb_mesh.predictor.train import train
+    from dapb_mesh.store import HistoryStore
+
+    if not store.exists():
+        raise typer.BadParameter(f"{store} does not exist: run `dapb train collect` first", param_hint="--store")
+    samples = HistoryStore(store).samples()
+    try:
+        scores = train(samples, model, card, f"`{store}` ({len(samples)} samples).")
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--store") from None
+    console.print(f"wrote {model} and {card}: {json.dumps(scores)}")
 
 
 @testbed_app.command("up")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun
-from dapb_mesh.bench.modes import plan
+from dapb_mesh.bench.modes import load_model, plan
 from dapb_mesh.bench.runner import run_modes
 from dapb_mesh.config import ClassRule, Settings
 from dapb_mesh.kernel import layout as L
@@ -51,7 +51,19 @@ def run_envoy(
     dscp = L.DSCP_THROUGHPUT
     count = int(rate * duration_s)
     conditions = Conditions(rtt_ms=0.1, loss=0.0, jitter_ms=0.02)  # a veth hop through a bridge
-    plans = {m: plan(m, sensitivity, conditions, settings, classify_all=False) for m in modes}
+    predictor = load_model(settings) if "dapb-ml" in modes else None
+    plans = {
+        m: plan(
+            m,
+            sensitivity,
+            conditions,
+            settings,
+            classify_all=False,
+            predictor=predictor,
+            load_bytes_per_s=rate * msg_size,
+        )
+        for m in modes
+    }
     progress(f"bringing up the {arch} mesh")
     # A fresh sidecar-to-sidecar connection per run, so each mode's sockets are classified at establishment.
     mesh = Mesh(

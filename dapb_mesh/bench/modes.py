@@ -7,13 +7,15 @@ from dataclasses import dataclass
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.policy import Conditions, Decision, Sensitivity, decide
+from dapb_mesh.predictor.features import as_matrix, feature_row
 
-MODES = ("baseline", "passthrough", "nagle", "dapb", "agent")
+MODES = ("baseline", "passthrough", "nagle", "dapb", "dapb-ml", "agent")
 MODE_HELP = {
     "baseline": "no DAPB: programs detached, sockets as the application set them (Envoy: TCP_NODELAY)",
     "passthrough": "programs attached, no knobs: isolates the cost of the eBPF programs (C_eBPF)",
     "nagle": "Nagle forced on every connection, no bound on the wait",
     "dapb": "the formula policy (eq. 1-3, 5) for the scenario's class, bounded by the receiver's delayed ACK",
+    "dapb-ml": "the predictor's decision (eq. 4-5) from C(t) and the offered load, with its confidence fallback",
     "agent": "the node agent running live: telemetry, C(t), decisions and snapshots as in production",
 }
 
@@ -46,7 +48,14 @@ def validate_modes(modes: list[str]) -> list[str]:
 
 
 def plan(
-    mode: str, sensitivity: Sensitivity, conditions: Conditions, settings: Settings, *, classify_all: bool = True
+    mode: str,
+    sensitivity: Sensitivity,
+    conditions: Conditions,
+    settings: Settings,
+    *,
+    classify_all: bool = True,
+    predictor=None,
+    load_bytes_per_s: float = 0.0,
 ) -> ModePlan:
     """``classify_all``: every socket of the attached cgroups is the scenario's class (raw hop); otherwise only
     sockets a DSCP or port rule names are, and the rest keep the default class with no knobs (sidecars)."""
@@ -58,8 +67,19 @@ def plan(
         return ModePlan(attach=True, policies={}, default_class=default)
     if mode == "nagle":
         return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=default)
-    if mode == "dapb":
-        decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
+    if mode in ("dapb", "dapb-ml"):
+        prediction = None
+        if mode == "dapb-ml" and predictor is not None:
+            features = as_matrix([feature_row(conditions, load_bytes_per_s)])
+            prediction = predictor.predict(features, settings.policy)[0]
+        decision = decide(
+            conditions,
+            sensitivity,
+            settings.policy,
+            settings.kernel,
+            use_predictor=prediction is not None,
+            prediction=prediction,
+        )
         policy = L.class_policy(decision, settings.kernel)
         policies = {cls: policy, L.CLASS_RECEIVER: L.receiver_policy([policy])}
         return ModePlan(attach=True, policies=policies, default_class=default, decision=decision)
@@ -67,3 +87,10 @@ def plan(
         decision = decide(conditions, sensitivity, settings.policy, settings.kernel)
         return ModePlan(attach=False, policies={}, default_class=L.CLASS_DEFAULT, decision=decision, agent=True)
     raise ValueError(f"unknown mode {mode!r}")
+
+
+def load_model(settings: Settings):
+    """The predictor for mode dapb-ml, or None (logged) when the model cannot serve: the formula decides."""
+    from dapb_mesh.predictor import load_predictor
+
+    return load_predictor(settings.agent.model)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dapb_mesh.bench.metrics import RawRun
-from dapb_mesh.bench.modes import plan
+from dapb_mesh.bench.modes import load_model, plan
 from dapb_mesh.bench.runner import run_modes
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import libbpf
@@ -33,6 +33,7 @@ RAW_SCENARIOS = {
     s.name: s
     for s in (
         RawScenario("stream-small", "stream", Sensitivity.THROUGHPUT, "small messages at a fixed rate, one stream"),
+        RawScenario("stream-auto", "stream", Sensitivity.AUTO, "stream-small in the auto class: the policy decides"),
         RawScenario("burst", "burst", Sensitivity.THROUGHPUT, "back-to-back small writes"),
         RawScenario("write-write-read", "wwr", Sensitivity.AUTO, "a request in two writes, then the answer"),
         RawScenario("pingpong", "pingpong", Sensitivity.LATENCY, "one small request, one small answer"),
@@ -80,7 +81,11 @@ def run_raw(
     count = {"stream": int(rate * duration_s), "burst": 10_000, "wwr": 100, "pingpong": 2_000}[scn.mode]
     extra: dict = {"rate": rate} if scn.mode == "stream" else {"gap_ms": 2} if scn.mode == "wwr" else {}
     conditions = Conditions(rtt_ms=0.05, loss=0.0, jitter_ms=0.01)  # veth between namespaces, measured order
-    plans = {m: plan(m, scn.sensitivity, conditions, settings) for m in modes}
+    predictor = load_model(settings) if "dapb-ml" in modes else None
+    load = rate * msg_size if scn.mode == "stream" else 0.0
+    plans = {
+        m: plan(m, scn.sensitivity, conditions, settings, predictor=predictor, load_bytes_per_s=load) for m in modes
+    }
     with PodPair(settings.kernel) as pair, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
@@ -102,5 +107,6 @@ def run_raw(
         "arch": "raw",
         "workload": {"mode": scn.mode, "messages": count, "msg_size": msg_size, **extra},
         "sensitivity": scn.sensitivity.value,
+        "predictor": None if predictor is None else str(predictor.path),
         "modes": result_modes,
     }

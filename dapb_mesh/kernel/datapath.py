@@ -203,6 +203,8 @@ class Datapath:
 
     @staticmethod
     def _detach_pin(pin: Path) -> None:
+        if not pin.exists():  # detaching twice is fine
+            return
         with suppress(FileNotFoundError):
             fd = libbpf.obj_get(str(pin))
             try:

@@ -251,6 +251,7 @@ def run_client(args: argparse.Namespace) -> dict:
     result["data_segs_out"] = after["data_segs_out"] - before["data_segs_out"]
     result["total_retrans"] = after["total_retrans"]
     result["mss"] = after["snd_mss"]
+    result["srtt_us"] = after["rtt_us"]
     if args.end != "shutdown":
         sock.shutdown(socket.SHUT_WR)
     sock.close()
