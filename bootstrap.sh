@@ -45,10 +45,9 @@ install_venv() {
 }
 
 build_bpf() {
-    if [[ -f bpf/Makefile ]]; then
-        log "building BPF objects"
-        make -s -C bpf
-    fi
+    log "building the BPF objects and the Wasm filter"
+    make -s -C bpf
+    make -s -C wasm_filter
 }
 
 setup() {

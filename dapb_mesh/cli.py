@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Inspect the DAPB policy: what it decides and why.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+filter_app = typer.Typer(help="The DSCP-tagging Wasm filter, run in the Python proxy-wasm host.", no_args_is_help=True)
+app.add_typer(filter_app, name="filter")
 train_app = typer.Typer(
     help="The predictor: collect measured outcomes, fit the model, export ONNX.", no_args_is_help=True
 )
@@ -398,6 +400,37 @@ def history(
     for row in rows:
         out.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(out)
+
+
+@filter_app.command("test")
+def filter_test(
+    route: Annotated[str | None, typer.Option("--route", help="The route name Envoy would report.")] = None,
+    header: Annotated[list[str] | None, typer.Option("--header", "-H", help="'name: value' (repeatable).")] = None,
+    plugin_config: Annotated[
+        str, typer.Option("--config", help="Plugin configuration JSON, or @FILE.")
+    ] = '{"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4}',
+    wasm: Annotated[Path, typer.Option("--wasm", help="The filter module.")] = Path("wasm_filter/dapb_filter.wasm"),
+) -> None:
+    """Run one request through the filter without Envoy and print the class it gives and the filter's log."""
+    from dapb_mesh.mesh.wasm_host import HostError, classify
+
+    if not wasm.exists():
+        raise typer.BadParameter(f"{wasm} not found: build it with `make -C wasm_filter`", param_hint="--wasm")
+    config_bytes = Path(plugin_config[1:]).read_bytes() if plugin_config.startswith("@") else plugin_config.encode()
+    headers = {}
+    for item in header or []:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{item!r} is not 'name: value'", param_hint="--header")
+        headers[name.strip()] = value.strip()
+    try:
+        cls, logs = classify(wasm, config_bytes, headers, route)
+    except HostError as error:
+        err_console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    for level, line in logs:
+        err_console.print(f"[dim]wasm {level}: {line}[/dim]")
+    console.print(f"x-dapb-class: {cls or '(none: auto)'}")
 
 
 @train_app.command("collect")

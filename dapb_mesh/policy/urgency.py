@@ -50,3 +50,21 @@ def mean_urgency(urgencies: Iterable[float]) -> float:
 def should_flush(urgencies: Iterable[float], buffered_bytes: int, buffer_bytes: int, u_threshold: float) -> bool:
     """Send the buffer now if U(t) > U_th or the buffer holds B(t) bytes or more (eq. 6 and the text after it)."""
     return buffered_bytes >= buffer_bytes or mean_urgency(urgencies) > u_threshold
+
+
+def priority_urgency(header: str) -> float | None:
+    """u_i from an RFC 9218 `priority` header ("u=0..7[, i]"): u=0 -> 1.0 (most urgent) .. u=7 -> 0.0.
+
+    None when the header carries no urgency or a malformed one (the RFC says to ignore it then). The Wasm filter
+    implements the same rule in C; tests/test_mesh.py checks they agree on every input.
+    """
+    for i, ch in enumerate(header):
+        at_start = i == 0 or header[i - 1] in ", "
+        if not at_start or ch != "u" or header[i + 1 : i + 2] != "=":
+            continue
+        digit = header[i + 2 : i + 3]
+        rest = header[i + 3 : i + 4]
+        if digit in "01234567" and digit and rest in ("", ",", " "):
+            return (7 - int(digit)) * 1000 // 7 / 1000
+        return None
+    return None

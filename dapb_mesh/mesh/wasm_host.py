@@ -1,0 +1,244 @@
+"""A proxy-wasm host (ABI v0.2.1) on wasmtime: runs the same .wasm Envoy runs, without Envoy, for unit tests and
+`dapb filter test`. Enough of the ABI for HTTP filters: headers, properties, plugin configuration, body buffers,
+logging, local replies, timers and the clock.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import wasmtime
+
+OK, NOT_FOUND, BAD_ARGUMENT = 0, 1, 2
+MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS = 0, 1, 2
+BUFFER_REQUEST_BODY, BUFFER_RESPONSE_BODY, BUFFER_PLUGIN_CONFIGURATION = 0, 1, 7
+ACTION_CONTINUE, ACTION_PAUSE = 0, 1
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
+ROOT_CONTEXT = 1
+
+
+class HostError(RuntimeError):
+    """The module needs something this host does not provide, or broke the ABI."""
+
+
+@dataclass
+class LocalReply:
+    status: int
+    details: str
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+@dataclass
+class Stream:
+    """One HTTP request/response as the host sees it."""
+
+    request_headers: dict[str, str] = field(default_factory=dict)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    request_body: bytearray = field(default_factory=bytearray)
+    response_body: bytearray = field(default_factory=bytearray)
+    properties: dict[str, bytes] = field(default_factory=dict)
+    local_reply: LocalReply | None = None
+    continued: list[int] = field(default_factory=list)
+
+
+class ProxyWasmHost:
+    def __init__(self, wasm: Path, plugin_config: bytes = b"", properties: dict[str, bytes] | None = None):
+        self.engine = wasmtime.Engine()
+        self.store = wasmtime.Store(self.engine)
+        self.module = wasmtime.Module.from_file(self.engine, str(wasm))
+        self.plugin_config = plugin_config
+        self.properties = properties or {}
+        self.logs: list[tuple[str, str]] = []
+        self.tick_period_ms = 0
+        self.now_ns = 0
+        self.stream: Stream | None = None
+        self.next_context = ROOT_CONTEXT + 1
+        linker = wasmtime.Linker(self.engine)
+        table = self._imports()
+        for imp in self.module.imports:
+            if imp.module != "env" or imp.name not in table:
+                raise HostError(f"the module imports {imp.module}.{imp.name}, which this host does not provide")
+            params, fn = table[imp.name]
+            ty = wasmtime.FuncType([wasmtime.ValType.i32()] * params, [wasmtime.ValType.i32()])
+            linker.define(self.store, "env", imp.name, wasmtime.Func(self.store, ty, fn))
+        self.instance = linker.instantiate(self.store, self.module)
+        exports = self.instance.exports(self.store)
+        self.memory = exports["memory"]
+        self._exports = exports
+        if "proxy_abi_version_0_2_1" not in exports:
+            raise HostError("the module does not declare proxy-wasm ABI v0.2.1 (proxy_abi_version_0_2_1)")
+        self._call("proxy_on_context_create", ROOT_CONTEXT, 0)
+
+    # -- memory helpers -----------------------------------------------------------------------------------
+    def _read(self, ptr: int, size: int) -> bytes:
+        return bytes(self.memory.read(self.store, ptr, ptr + size))
+
+    def _write(self, ptr: int, data: bytes) -> None:
+        self.memory.write(self.store, data, ptr)
+
+    def _give(self, data: bytes, ret_ptr: int, ret_size: int) -> int:
+        """Copy data into plugin memory (its own allocator) and return pointer and size through its pointers."""
+        ptr = self._call("proxy_on_memory_allocate", max(1, len(data)))
+        if not ptr:
+            raise HostError("proxy_on_memory_allocate returned 0")
+        self._write(ptr, data)
+        self._write(ret_ptr, struct.pack("<I", ptr))
+        self._write(ret_size, struct.pack("<I", len(data)))
+        return OK
+
+    def _call(self, name: str, *args: int) -> int:
+        fn = self._exports.get(name)
+        if fn is None:
+            return 0
+        result = fn(self.store, *args)
+        return int(result) if result is not None else 0
+
+    # -- host functions -----------------------------------------------------------------------------------
+    def _map(self, map_id: int) -> dict[str, str]:
+        if self.stream is None:
+            raise HostError("header maps exist only inside a stream")
+        if map_id == MAP_REQUEST_HEADERS:
+            return self.stream.request_headers
+        if map_id == MAP_RESPONSE_HEADERS:
+            return self.stream.response_headers
+        return {}
+
+    def _buffer(self, buffer_id: int) -> bytes | bytearray | None:
+        if buffer_id == BUFFER_PLUGIN_CONFIGURATION:
+            return self.plugin_config
+        if self.stream is None:
+            return None
+        return {BUFFER_REQUEST_BODY: self.stream.request_body, BUFFER_RESPONSE_BODY: self.stream.response_body}.get(
+            buffer_id
+        )
+
+    def _imports(self) -> dict[str, tuple[int, Callable]]:
+        def log(level, ptr, size):
+            self.logs.append(
+                (
+                    LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else str(level),
+                    self._read(ptr, size).decode(errors="replace"),
+                )
+            )
+            return OK
+
+        def get_buffer_bytes(buffer_id, start, max_size, ret_ptr, ret_size):
+            buf = self._buffer(buffer_id)
+            if buf is None:
+                return NOT_FOUND
+            return self._give(bytes(buf[start : start + max_size]), ret_ptr, ret_size)
+
+        def get_buffer_status(buffer_id, ret_size, ret_flags):
+            buf = self._buffer(buffer_id)
+            if buf is None:
+                return NOT_FOUND
+            self._write(ret_size, struct.pack("<I", len(buf)))
+            self._write(ret_flags, struct.pack("<I", 0))
+            return OK
+
+        def set_buffer_bytes(buffer_id, start, size, ptr, value_size):
+            buf = self._buffer(buffer_id)
+            if not isinstance(buf, bytearray):
+                return NOT_FOUND
+            buf[start : start + size] = self._read(ptr, value_size)
+            return OK
+
+        def get_header(map_id, kptr, ksize, ret_ptr, ret_size):
+            value = self._map(map_id).get(self._read(kptr, ksize).decode().lower())
+            return NOT_FOUND if value is None else self._give(value.encode(), ret_ptr, ret_size)
+
+        def replace_header(map_id, kptr, ksize, vptr, vsize):
+            self._map(map_id)[self._read(kptr, ksize).decode().lower()] = self._read(vptr, vsize).decode()
+            return OK
+
+        def remove_header(map_id, kptr, ksize):
+            self._map(map_id).pop(self._read(kptr, ksize).decode().lower(), None)
+            return OK
+
+        def get_property(pptr, psize, ret_ptr, ret_size):
+            path = ".".join(part.decode() for part in self._read(pptr, psize).split(b"\0") if part)
+            props = {**self.properties, **(self.stream.properties if self.stream else {})}
+            return NOT_FOUND if path not in props else self._give(props[path], ret_ptr, ret_size)
+
+        def send_local_response(status, dptr, dsize, bptr, bsize, hptr, hsize, grpc_status):
+            if self.stream is None:
+                return BAD_ARGUMENT
+            self.stream.local_reply = LocalReply(status, self._read(dptr, dsize).decode(), self._read(bptr, bsize), [])
+            return OK
+
+        def set_tick_period(ms):
+            self.tick_period_ms = ms
+            return OK
+
+        def current_time(ret_ptr):
+            self._write(ret_ptr, struct.pack("<Q", self.now_ns))
+            return OK
+
+        def continue_stream(stream_type):
+            if self.stream is not None:
+                self.stream.continued.append(stream_type)
+            return OK
+
+        return {
+            "proxy_log": (3, log),
+            "proxy_get_buffer_bytes": (5, get_buffer_bytes),
+            "proxy_get_buffer_status": (3, get_buffer_status),
+            "proxy_set_buffer_bytes": (5, set_buffer_bytes),
+            "proxy_get_header_map_value": (5, get_header),
+            "proxy_replace_header_map_value": (5, replace_header),
+            "proxy_add_header_map_value": (5, replace_header),
+            "proxy_remove_header_map_value": (3, remove_header),
+            "proxy_get_property": (4, get_property),
+            "proxy_send_local_response": (8, send_local_response),
+            "proxy_set_tick_period_milliseconds": (1, set_tick_period),
+            "proxy_get_current_time_nanoseconds": (1, current_time),
+            "proxy_continue_stream": (1, continue_stream),
+        }
+
+    # -- the host's side of the ABI -----------------------------------------------------------------------
+    def configure(self) -> bool:
+        self._call("proxy_on_vm_start", ROOT_CONTEXT, 0)
+        return bool(self._call("proxy_on_configure", ROOT_CONTEXT, len(self.plugin_config)))
+
+    def new_stream(self, properties: dict[str, bytes] | None = None) -> tuple[int, Stream]:
+        ctx = self.next_context
+        self.next_context += 1
+        self.stream = Stream(properties=properties or {})
+        self._call("proxy_on_context_create", ctx, ROOT_CONTEXT)
+        return ctx, self.stream
+
+    def request_headers(self, ctx: int, headers: dict[str, str], end_of_stream: bool = False) -> int:
+        assert self.stream is not None
+        self.stream.request_headers.update({k.lower(): v for k, v in headers.items()})
+        return self._call("proxy_on_request_headers", ctx, len(headers), int(end_of_stream))
+
+    def request_body(self, ctx: int, chunk: bytes, end_of_stream: bool = False) -> int:
+        assert self.stream is not None
+        self.stream.request_body += chunk
+        return self._call("proxy_on_request_body", ctx, len(self.stream.request_body), int(end_of_stream))
+
+    def tick(self, advance_ms: int = 0) -> None:
+        self.now_ns += advance_ms * 1_000_000
+        self._call("proxy_on_tick", ROOT_CONTEXT)
+
+    def finish(self, ctx: int) -> None:
+        self._call("proxy_on_done", ctx)
+        self._call("proxy_on_log", ctx)
+        self._call("proxy_on_delete", ctx)
+        self.stream = None
+
+
+def classify(wasm: Path, config: bytes, headers: dict[str, str], route: str | None) -> tuple[str | None, list]:
+    """Run one request through the filter; returns the x-dapb-class it set (None: auto) and the log lines."""
+    host = ProxyWasmHost(wasm, config)
+    if not host.configure():
+        raise HostError(f"the filter rejected its configuration: {host.logs}")
+    ctx, stream = host.new_stream({"route_name": route.encode()} if route else {})
+    host.request_headers(ctx, headers, end_of_stream=True)
+    cls = stream.request_headers.get("x-dapb-class")
+    host.finish(ctx)
+    return cls, host.logs

@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: Apache-2.0
+// dapb_filter: an Envoy HTTP filter (proxy-wasm ABI v0.2.1, freestanding C) that gives every request a DAPB
+// class and tags it with the `x-dapb-class` header, so that the route table sends it to the class's cluster,
+// whose upstream sockets carry the class's DSCP (IP_TOS) for the kernel to classify. Wasm cannot set socket
+// options itself.
+//
+// Class of a request: its urgency u in [0, 1] is taken from the RFC 9218 `priority` header when the client
+// declares one (u=0 most urgent .. u=7 least: u_i = (7 - u) / 7), otherwise from the route's urgency in the
+// plugin configuration, otherwise the default. u > u_threshold -> latency; u < throughput_below -> throughput;
+// else auto (the header is removed so the default route applies).
+//
+// Plugin configuration (JSON, one flat object):
+//   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4,
+//    "route:<route name>": <urgency 0..1>, ...}
+#include <stddef.h>
+#include <stdint.h>
+
+#define WASM_EXPORT(name) __attribute__((export_name(#name)))
+#define WASM_IMPORT(name) __attribute__((import_module("env"), import_name(#name)))
+
+enum { OK = 0, NOT_FOUND = 1 };
+enum { MAP_REQUEST_HEADERS = 0 };
+enum { BUFFER_PLUGIN_CONFIGURATION = 7 };
+enum { ACTION_CONTINUE = 0 };
+enum { LOG_INFO = 2, LOG_WARN = 3 };
+
+WASM_IMPORT(proxy_log) int32_t proxy_log(int32_t level, const char *msg, size_t size);
+WASM_IMPORT(proxy_get_buffer_bytes)
+int32_t proxy_get_buffer_bytes(int32_t buffer, size_t start, size_t max, char **out, size_t *out_size);
+WASM_IMPORT(proxy_get_header_map_value)
+int32_t proxy_get_header_map_value(int32_t map, const char *key, size_t key_size, char **out, size_t *out_size);
+WASM_IMPORT(proxy_replace_header_map_value)
+int32_t proxy_replace_header_map_value(int32_t map, const char *key, size_t key_size, const char *value,
+				       size_t value_size);
+WASM_IMPORT(proxy_remove_header_map_value)
+int32_t proxy_remove_header_map_value(int32_t map, const char *key, size_t key_size);
+WASM_IMPORT(proxy_get_property)
+int32_t proxy_get_property(const char *path, size_t path_size, char **out, size_t *out_size);
+
+// ---- memory: size-class free lists over pages taken with memory.grow (host buffers come through here) ----
+#define CLASSES 8
+static void *free_lists[CLASSES];
+
+static size_t class_size(int c) { return (size_t)32 << c; } // 32 B .. 4 KiB
+
+static void *grow(size_t bytes)
+{
+	size_t pages = (bytes + 65535) / 65536;
+	long old = __builtin_wasm_memory_grow(0, pages);
+	return old < 0 ? NULL : (void *)(old * 65536);
+}
+
+static void *dapb_alloc(size_t n)
+{
+	n += 8; // header: the class, or ~0 for a whole-page block
+	for (int c = 0; c < CLASSES; c++) {
+		if (n <= class_size(c)) {
+			uint64_t *block = free_lists[c];
+			if (block) {
+				free_lists[c] = *(void **)(block + 1);
+			} else {
+				block = grow(65536);
+				if (!block)
+					return NULL;
+				// carve the page: keep one block, chain the rest
+				size_t size = class_size(c);
+				for (size_t off = size; off + size <= 65536; off += size) {
+					uint64_t *b = (uint64_t *)((char *)block + off);
+					b[0] = c;
+					*(void **)(b + 1) = free_lists[c];
+					free_lists[c] = b;
+				}
+			}
+			block[0] = c;
+			return block + 1;
+		}
+	}
+	uint64_t *big = grow(n);
+	if (!big)
+		return NULL;
+	big[0] = ~(uint64_t)0; // large blocks are not reused: configuration only
+	return big + 1;
+}
+
+static void dapb_free(void *p)
+{
+	if (!p)
+		return;
+	uint64_t *block = (uint64_t *)p - 1;
+	if (block[0] < CLASSES) {
+		*(void **)(block + 1) = free_lists[block[0]];
+		free_lists[block[0]] = block;
+	}
+}
+
+WASM_EXPORT(proxy_on_memory_allocate) void *proxy_on_memory_allocate(size_t size) { return dapb_alloc(size); }
+
+// ---- tiny string helpers ----
+static int str_eq(const char *a, size_t an, const char *b, size_t bn)
+{
+	if (an != bn)
+		return 0;
+	for (size_t i = 0; i < an; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+static size_t c_len(const char *s)
+{
+	size_t n = 0;
+	while (s[n])
+		n++;
+	return n;
+}
+
+static void log_str(int level, const char *s) { proxy_log(level, s, c_len(s)); }
+
+// Parse a decimal number in [0, 1000] with up to 3 decimals into thousandths; -1 if malformed.
+static int parse_milli(const char *s, size_t n)
+{
+	int whole = 0, frac = 0, digits = 0, seen_dot = 0;
+	if (n == 0)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		char ch = s[i];
+		if (ch == '.' && !seen_dot) {
+			seen_dot = 1;
+		} else if (ch >= '0' && ch <= '9') {
+			if (!seen_dot) {
+				whole = whole * 10 + (ch - '0');
+				if (whole > 1000)
+					return -1;
+			} else if (digits < 3) {
+				frac = frac * 10 + (ch - '0');
+				digits++;
+			}
+		} else {
+			return -1;
+		}
+	}
+	while (digits++ < 3)
+		frac *= 10;
+	return whole * 1000 + frac;
+}
+
+// ---- configuration ----
+#define MAX_ROUTES 64
+#define MAX_NAME 96
+struct route_urgency {
+	char name[MAX_NAME];
+	size_t len;
+	int urgency_milli;
+};
+static struct route_urgency routes[MAX_ROUTES];
+static int n_routes;
+static int u_threshold = 500, throughput_below = 300, default_urgency = 400;
+
+static int set_value(const char *key, size_t kn, int milli)
+{
+	if (milli < 0 || milli > 1000)
+		return 0;
+	if (str_eq(key, kn, "u_threshold", 11))
+		u_threshold = milli;
+	else if (str_eq(key, kn, "throughput_below", 16))
+		throughput_below = milli;
+	else if (str_eq(key, kn, "default_urgency", 15))
+		default_urgency = milli;
+	else if (kn > 6 && str_eq(key, 6, "route:", 6) && kn - 6 < MAX_NAME && n_routes < MAX_ROUTES) {
+		struct route_urgency *r = &routes[n_routes++];
+		for (size_t i = 6; i < kn; i++)
+			r->name[i - 6] = key[i];
+		r->len = kn - 6;
+		r->urgency_milli = milli;
+	} else
+		return 0;
+	return 1;
+}
+
+// A flat JSON object of "key": number pairs. Returns 1 on success.
+static int parse_config(const char *s, size_t n)
+{
+	size_t i = 0;
+	n_routes = 0;
+	while (i < n && s[i] != '{')
+		i++;
+	if (i++ >= n)
+		return 0;
+	for (;;) {
+		while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r' || s[i] == ','))
+			i++;
+		if (i < n && s[i] == '}')
+			return 1;
+		if (i >= n || s[i] != '"')
+			return 0;
+		size_t key = ++i;
+		while (i < n && s[i] != '"')
+			i++;
+		if (i >= n)
+			return 0;
+		size_t key_len = i - key;
+		i++;
+		while (i < n && (s[i] == ' ' || s[i] == ':'))
+			i++;
+		size_t val = i;
+		while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\n')
+			i++;
+		if (!set_value(s + key, key_len, parse_milli(s + val, i - val)))
+			return 0;
+	}
+}
+
+WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t size)
+{
+	char *data = NULL;
+	size_t got = 0;
+	if (size == 0) {
+		log_str(LOG_INFO, "dapb: no configuration, defaults in force");
+		return 1;
+	}
+	if (proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &data, &got) != OK)
+		return 0;
+	int ok = parse_config(data, got);
+	dapb_free(data);
+	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
+	return ok;
+}
+
+WASM_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t size) { return 1; }
+WASM_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uint32_t parent) {}
+WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id) { return 1; }
+WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {}
+WASM_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
+
+// RFC 9218 Priority: a structured-field dictionary, e.g. "u=1, i". Returns urgency in thousandths, or -1.
+int priority_urgency_milli(const char *s, size_t n)
+{
+	for (size_t i = 0; i + 1 < n; i++) {
+		int at_start = i == 0 || s[i - 1] == ',' || s[i - 1] == ' ';
+		if (!at_start || s[i] != 'u' || s[i + 1] != '=')
+			continue;
+		if (i + 2 < n && s[i + 2] >= '0' && s[i + 2] <= '7' && (i + 3 == n || s[i + 3] == ',' || s[i + 3] == ' '))
+			return (7 - (s[i + 2] - '0')) * 1000 / 7;
+		return -1; // a malformed urgency makes the header be ignored (RFC 9218 section 4)
+	}
+	return -1;
+}
+
+static int route_urgency(void)
+{
+	char *name = NULL;
+	size_t len = 0;
+	if (proxy_get_property("route_name", 10, &name, &len) != OK || !name)
+		return -1;
+	for (size_t i = 0; i < len; i++) { // class variants of a route are named "<route>~<class>"
+		if (name[i] == '~') {
+			len = i;
+			break;
+		}
+	}
+	int found = -1;
+	for (int r = 0; r < n_routes; r++)
+		if (str_eq(name, len, routes[r].name, routes[r].len))
+			found = routes[r].urgency_milli;
+	dapb_free(name);
+	return found;
+}
+
+WASM_EXPORT(proxy_on_request_headers)
+int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_stream)
+{
+	int u = -1;
+	char *prio = NULL;
+	size_t prio_len = 0;
+	if (proxy_get_header_map_value(MAP_REQUEST_HEADERS, "priority", 8, &prio, &prio_len) == OK && prio) {
+		u = priority_urgency_milli(prio, prio_len);
+		dapb_free(prio);
+	}
+	if (u < 0)
+		u = route_urgency();
+	if (u < 0)
+		u = default_urgency;
+	if (u > u_threshold)
+		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "latency", 7);
+	else if (u < throughput_below)
+		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "throughput", 10);
+	else
+		proxy_remove_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12); // a client cannot pick it
+	return ACTION_CONTINUE;
+}
