@@ -41,7 +41,7 @@ RAW_SCENARIOS = {
 }
 
 
-def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int, cpu_s: float, small: int, ebpf_ns: int) -> RawRun:
+def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int) -> RawRun:
     if scn.mode in ("stream", "burst"):
         delay = r.server["delay_ms"]
         received = r.server["bytes"]
