@@ -114,7 +114,7 @@ def test_many_requests_do_not_grow_filter_memory():
     host = ProxyWasmHost(WASM, CONFIG)
     host.configure()
     for i in range(3000):
-        ctx, _ = host.new_stream({"route_name": b"r"})
+        ctx, _ = host.new_stream({"xds.route_name": b"r"})
         host.request_headers(ctx, {"priority": f"u={i % 8}"})
         host.finish(ctx)
         if i == 100:

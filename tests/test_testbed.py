@@ -174,3 +174,98 @@ def test_a_killed_runner_leaves_nothing_after_down():
     assert not list(Path("/sys/fs/cgroup/unified").glob(f"dapb-{run_id}-*"))
     assert not Path(f"/run/dapb/testbed-{run_id}").exists()
     assert run_id not in subprocess.run(["pgrep", "-af", "envoy"], capture_output=True, text=True).stdout
+
+
+def test_filter_in_envoy_sends_classes_on_connections_with_their_dscp(tmp_path):
+    """Real Envoys with the built .wasm: the companion builds the urgency table from annotated VirtualService
+    YAML (via the testbed control plane), pushes it as the filter's configuration, and a `priority: u=0` request
+    and a request on a throughput route leave on connections whose DSCPs the kernel's tc counters tell apart."""
+    import time
+    import uuid
+
+    from dapb_mesh.kernel.datapath import Datapath
+    from dapb_mesh.mesh.companion import Companion
+    from dapb_mesh.mesh.virtualservice import RouteUrgency, plugin_config
+
+    vs = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "svc-b",
+            "namespace": "default",
+            "annotations": {"dapb.io/route-urgency": "telemetry: throughput"},
+        },
+        "spec": {
+            "hosts": ["svc-b"],
+            "http": [
+                {
+                    "name": "telemetry",
+                    "match": [{"uri": {"prefix": "/telemetry"}}],
+                    "route": [{"destination": {"host": "svc-b"}}],
+                },
+                {"name": "api", "route": [{"destination": {"host": "svc-b"}}]},
+            ],
+        },
+    }
+    vs_dir = tmp_path / "vs"
+    vs_dir.mkdir()
+    (vs_dir / "svc-b.yaml").write_text(json.dumps(vs))
+    wasm = Path(__file__).resolve().parents[1] / "wasm_filter" / "dapb_filter.wasm"
+    mesh = Mesh(
+        "inter-pod",
+        routes=ec.class_routes([vs]),
+        upstream_socket_options=ec.class_socket_options(),
+        wasm_filter=wasm,
+        wasm_config=plugin_config([], 0.5, 0.3, 0.4),
+    )
+    with mesh:
+        client_node = ec.node_id(mesh.sidecars[0].spec)
+        pushed = []
+
+        def push(table):
+            entries = [RouteUrgency("default/svc-b", route, u) for route, u in table.items()]
+            pushed.append(table)
+            mesh.update_routes(mesh.routes, f"filter-{len(pushed) + 1}", plugin_config(entries, 0.5, 0.3, 0.4))
+
+        companion = Companion(f"unix:{mesh.control_plane.socket_path}", client_node, vs_dir, on_change=push).start()
+        dp = Datapath.load(f"test-wasm-{uuid.uuid4().hex[:6]}")
+        try:
+            deadline = time.monotonic() + 10
+            while not pushed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pushed and pushed[-1]["telemetry"] == 0.0
+            time.sleep(1.0)  # Envoy applies the new listener configuration
+            dp.attach_tc("eth0", netns=mesh.client_pod.netns)
+            url = f"http://{mesh.server_pod.address}:8080"
+
+            def curl(path, *headers):
+                argv = [
+                    "nsenter",
+                    f"--net=/run/netns/{mesh.client_pod.netns}",
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Host: svc-b",
+                ]
+                for h in headers:
+                    argv += ["-H", h]
+                return subprocess.run([*argv, url + path], capture_output=True, text=True, timeout=30).stdout
+
+            def packets():
+                return {d: dp.tc_stats("egress", d).data_packets for d in (0, 10, 46)}
+
+            before = packets()
+            assert curl("/api", "priority: u=0") == "200"
+            urgent = {d: n - before[d] for d, n in packets().items()}
+            before = packets()
+            assert curl("/telemetry/batch") == "200"
+            bulk = {d: n - before[d] for d, n in packets().items()}
+            assert urgent[46] > 0 and urgent[10] == 0  # EF
+            assert bulk[10] > 0 and bulk[46] == 0  # AF11
+        finally:
+            companion.stop()
+            dp.destroy()

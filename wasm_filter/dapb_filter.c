@@ -250,7 +250,9 @@ static int route_urgency(void)
 {
 	char *name = NULL;
 	size_t len = 0;
-	if (proxy_get_property("route_name", 10, &name, &len) != OK || !name)
+	// Envoy's attribute is xds.route_name (path elements separated by NUL); older hosts call it route_name.
+	if ((proxy_get_property("xds\0route_name", 14, &name, &len) != OK || !name) &&
+	    (proxy_get_property("route_name", 10, &name, &len) != OK || !name))
 		return -1;
 	for (size_t i = 0; i < len; i++) { // class variants of a route are named "<route>~<class>"
 		if (name[i] == '~') {

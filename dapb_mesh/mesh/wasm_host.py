@@ -237,7 +237,7 @@ def classify(wasm: Path, config: bytes, headers: dict[str, str], route: str | No
     host = ProxyWasmHost(wasm, config)
     if not host.configure():
         raise HostError(f"the filter rejected its configuration: {host.logs}")
-    ctx, stream = host.new_stream({"route_name": route.encode()} if route else {})
+    ctx, stream = host.new_stream({"xds.route_name": route.encode()} if route else {})
     host.request_headers(ctx, headers, end_of_stream=True)
     cls = stream.request_headers.get("x-dapb-class")
     host.finish(ctx)

@@ -65,7 +65,8 @@ def collect(
                     dp.detach_cgroup(cg)
                 dp.write_policy({}, drop_per_million=drop)
                 base = run_hop(pair, "stream", rate=ctx.rate, count=count, size=ctx.size)
-                rtt_ms = base.client.get("srtt_us", 0) / 1000
+                # The path's RTT: min_rtt, since the smoothed RTT includes the receiver's delayed ACKs.
+                rtt_ms = base.client.get("min_rtt_us", 0) / 1000
                 for cg in (p.cgroup for p in pair.pods):
                     dp.attach_cgroup(cg)
                 for hold, timeout in candidates:

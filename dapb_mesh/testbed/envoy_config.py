@@ -77,6 +77,8 @@ class SidecarSpec:
     tls: Tls | None = None
     upstream_socket_options: dict[str, list[dict]] = field(default_factory=dict)  # cluster suffix -> options
     requests_per_connection: int = 0  # 0: unlimited (Envoy's default); 1: every request on a new connection
+    wasm_filter: Path | None = None  # the DAPB filter on the outbound listener
+    wasm_config: str = ""  # its plugin configuration (JSON)
 
 
 def node_id(spec: SidecarSpec) -> str:
@@ -98,7 +100,27 @@ def _tls_context(tls: Tls, alpn: list[str]) -> dict:
     }
 
 
-def _hcm(stat_prefix: str, route: dict) -> dict:
+def wasm_http_filter(path: Path, configuration: str) -> dict:
+    """The DAPB Wasm filter as Envoy's HTTP Wasm filter (V8 runtime, code from a local file)."""
+    return {
+        "name": "dapb.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "dapb",
+                "root_id": "dapb",
+                "vm_config": {
+                    "vm_id": "dapb",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(path)}},
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
+            },
+        },
+    }
+
+
+def _hcm(stat_prefix: str, route: dict, filters: list[dict] | None = None) -> dict:
     return {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -106,7 +128,10 @@ def _hcm(stat_prefix: str, route: dict) -> dict:
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             **route,
-            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+            "http_filters": [
+                *(filters or []),
+                {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+            ],
         },
     }
 
@@ -119,12 +144,19 @@ def _original_dst() -> dict:
 
 
 def listeners(spec: SidecarSpec) -> list[dict]:
+    outbound_filters = [wasm_http_filter(spec.wasm_filter, spec.wasm_config)] if spec.wasm_filter else []
     outbound = {
         "name": "virtualOutbound",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_PORT}},
         "listener_filters": [_original_dst()],
         "filter_chains": [
-            {"filters": [_hcm("outbound", {"rds": {"route_config_name": "outbound", "config_source": _ADS}})]}
+            {
+                "filters": [
+                    _hcm(
+                        "outbound", {"rds": {"route_config_name": "outbound", "config_source": _ADS}}, outbound_filters
+                    )
+                ]
+            }
         ],
     }
     inbound_route = {
@@ -311,4 +343,46 @@ def bootstrap(spec: SidecarSpec, xds_socket: Path) -> dict:
                 }
             ]
         },
+    }
+
+
+CLASS_HEADER = "x-dapb-class"
+CLASS_DSCP = {"latency": 46, "throughput": 10}  # EF, AF11: the DSCPs the kernel classifies by
+
+
+def class_routes(virtual_services: list[dict]) -> list[RouteSpec]:
+    """Routes from VirtualServices as istiod would build them, each with a variant per DAPB class placed first:
+    the variant matches the x-dapb-class header the Wasm filter sets and goes to the class's cluster."""
+    out = []
+    for vs in virtual_services:
+        name = (vs.get("metadata") or {}).get("name", "?")
+        for http in (vs.get("spec") or {}).get("http") or []:
+            route_name = http.get("name")
+            dest = ((http.get("route") or [{}])[0].get("destination") or {}).get("host", "")
+            prefix = "/"
+            for m in http.get("match") or []:
+                prefix = ((m or {}).get("uri") or {}).get("prefix", prefix)
+            if not route_name or not dest:
+                continue
+            short = dest.split(".")[0]
+            for cls in CLASS_DSCP:
+                out.append(
+                    RouteSpec(
+                        name=f"{route_name}~{cls}",
+                        virtual_service=name,
+                        prefix=prefix,
+                        headers=((CLASS_HEADER, cls),),
+                        destination=short,
+                        cluster_suffix=f"~{cls}",
+                    )
+                )
+            out.append(RouteSpec(name=route_name, virtual_service=name, prefix=prefix, destination=short))
+    return out
+
+
+def class_socket_options() -> dict[str, list[dict]]:
+    """IP_TOS per class cluster (SOL_IP = 0, IP_TOS = 1, the DSCP in the upper six bits), set before connect."""
+    return {
+        f"~{cls}": [{"level": 0, "name": 1, "int_value": dscp << 2, "state": "STATE_PREBIND"}]
+        for cls, dscp in CLASS_DSCP.items()
     }

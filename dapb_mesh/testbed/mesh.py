@@ -168,6 +168,8 @@ class Mesh:
         concurrency: int = 1,
         requests_per_connection: int = 0,
         pin_cpus: bool = False,
+        wasm_filter: Path | None = None,
+        wasm_config: str = "",
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -181,6 +183,8 @@ class Mesh:
         self.concurrency = concurrency
         self.requests_per_connection = requests_per_connection
         self.pin_cpus = pin_cpus
+        self.wasm_filter = wasm_filter
+        self.wasm_config = wasm_config
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -257,6 +261,11 @@ class Mesh:
         ]
 
         progress("starting the control plane and the sidecars")
+        wasm = None
+        if self.wasm_filter is not None:  # a copy the sidecar user can read
+            wasm = self.workdir / "dapb_filter.wasm"
+            shutil.copyfile(self.wasm_filter, wasm)
+            wasm.chmod(0o644)
         ca = None if self.plaintext else TestbedCA(self.workdir / "pki")
         xds = self.workdir / "xds.sock"
         self.control_plane = ControlPlane(xds).start()
@@ -275,6 +284,8 @@ class Mesh:
                 tls=tls,
                 upstream_socket_options=self.upstream_socket_options,
                 requests_per_connection=self.requests_per_connection,
+                wasm_filter=wasm,
+                wasm_config=self.wasm_config,
             )
             self.control_plane.set_snapshot(ec.node_id(spec), Snapshot.build("1", ec.resources(spec)))
             sidecar = Sidecar(pod, spec, self.workdir, xds)
@@ -293,12 +304,14 @@ class Mesh:
         if ready.stdout.readline().strip() != "ready":
             raise RuntimeError("the server app did not start")
 
-    def update_routes(self, routes: list[ec.RouteSpec], version: str) -> None:
-        """Push new routes to every sidecar (a new snapshot version)."""
+    def update_routes(self, routes: list[ec.RouteSpec], version: str, wasm_config: str | None = None) -> None:
+        """Push new routes (and a new filter configuration) to every sidecar: a new snapshot version."""
         assert self.control_plane is not None
         self.routes = routes
         for sidecar in self.sidecars:
             sidecar.spec.routes = routes
+            if wasm_config is not None:
+                sidecar.spec.wasm_config = wasm_config
             self.control_plane.set_snapshot(
                 ec.node_id(sidecar.spec), Snapshot.build(version, ec.resources(sidecar.spec))
             )

@@ -28,7 +28,7 @@ PREFACE = b"DAPB-PREFACE-v1\n"
 TCP_INFO_LEN = 232
 # offsets in struct tcp_info (linux/tcp.h)
 _TI_SND_MSS, _TI_UNACKED, _TI_RTT, _TI_TOTAL_RETRANS = 16, 24, 68, 100
-_TI_NOTSENT, _TI_DATA_SEGS_OUT, _TI_DATA_SEGS_IN = 144, 156, 152
+_TI_NOTSENT, _TI_MIN_RTT, _TI_DATA_SEGS_OUT, _TI_DATA_SEGS_IN = 144, 148, 156, 152
 
 
 def tcp_info(sock: socket.socket) -> dict[str, int]:
@@ -41,6 +41,7 @@ def tcp_info(sock: socket.socket) -> dict[str, int]:
         "snd_mss": u32(_TI_SND_MSS),
         "unacked": u32(_TI_UNACKED),
         "rtt_us": u32(_TI_RTT),
+        "min_rtt_us": u32(_TI_MIN_RTT),
         "total_retrans": u32(_TI_TOTAL_RETRANS),
         "notsent_bytes": u32(_TI_NOTSENT),
         "data_segs_in": u32(_TI_DATA_SEGS_IN),
@@ -252,6 +253,7 @@ def run_client(args: argparse.Namespace) -> dict:
     result["total_retrans"] = after["total_retrans"]
     result["mss"] = after["snd_mss"]
     result["srtt_us"] = after["rtt_us"]
+    result["min_rtt_us"] = after["min_rtt_us"]
     if args.end != "shutdown":
         sock.shutdown(socket.SHUT_WR)
     sock.close()
