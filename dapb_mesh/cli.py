@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 policy_app = typer.Typer(help="Inspect the DAPB policy: what it decides and why.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
+render_app = typer.Typer(help="Render install manifests.", no_args_is_help=True)
+app.add_typer(render_app, name="render")
 filter_app = typer.Typer(help="The DSCP-tagging Wasm filter, run in the Python proxy-wasm host.", no_args_is_help=True)
 app.add_typer(filter_app, name="filter")
 train_app = typer.Typer(
@@ -400,6 +402,18 @@ def history(
     for row in rows:
         out.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(out)
+
+
+@render_app.command("istio")
+def render_istio(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the manifests to.")] = Path("istio"),
+) -> None:
+    """Write the Istio install: IstioOperator overlay, WasmPlugin, EnvoyFilter, agent DaemonSet with RBAC, and an
+    annotated example VirtualService with its DestinationRule."""
+    from dapb_mesh.mesh.manifests import write
+
+    for path in write(out):
+        console.print(f"wrote {path}")
 
 
 @filter_app.command("test")

@@ -1,0 +1,234 @@
+"""The Istio install: manifests for `dapb render istio`, written once here (istio/ holds the rendered copy).
+
+How the pieces fit in a cluster:
+- the WasmPlugin puts the DAPB filter on every sidecar's outbound HTTP traffic; it tags each request with
+  x-dapb-class from its route's urgency (the companion keeps pluginConfig current) or its RFC 9218 priority;
+- per service, a DestinationRule defines subsets dapb-latency and dapb-throughput, and the VirtualService routes
+  requests carrying x-dapb-class to them (the annotated example shows how);
+- the EnvoyFilter marks the sockets of those subsets' clusters with EF / AF11 (IP_TOS before connect), which the
+  kernel programs classify by;
+- the agent DaemonSet runs `dapb agent` with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, not privileged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dapb_mesh import __version__
+from dapb_mesh.testbed.envoy_config import CLASS_DSCP, CLASS_HEADER
+
+NAMESPACE = "dapb-system"
+IMAGE = f"ghcr.io/dapb-mesh/dapb-agent:{__version__}"
+WASM_URL = f"oci://ghcr.io/dapb-mesh/dapb-filter:{__version__}"
+SUBSET = {cls: f"dapb-{cls}" for cls in CLASS_DSCP}
+
+
+def istio_operator() -> dict:
+    """`istioctl install -f` overlay: the settings DAPB needs from the mesh itself."""
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": {"name": "dapb", "namespace": "istio-system"},
+        "spec": {
+            "meshConfig": {
+                "defaultConfig": {
+                    # The companion finds the proxies' routes by asking istiod as a sidecar would.
+                    "proxyMetadata": {"DAPB_ENABLED": "true"},
+                    "proxyStatsMatcher": {"inclusionPrefixes": ["wasm.dapb", "cluster.outbound"]},
+                },
+            },
+            "values": {"pilot": {"env": {"PILOT_ENABLE_WASM_PLUGIN": "true"}}},
+        },
+    }
+
+
+def wasm_plugin(plugin_config: dict | None = None) -> dict:
+    return {
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": {"name": "dapb-filter", "namespace": "istio-system"},
+        "spec": {
+            "url": WASM_URL,
+            "phase": "STATS",
+            "match": [{"mode": "CLIENT"}],
+            "pluginName": "dapb",
+            "pluginConfig": plugin_config or {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4},
+        },
+    }
+
+
+def tos_merge(dscp: int) -> dict:
+    """The Envoy Cluster fragment merged into a subset's cluster: IP_TOS set before connect."""
+    return {
+        "upstream_bind_config": {
+            "source_address": {"address": "0.0.0.0", "port_value": 0},
+            "socket_options": [{"level": 0, "name": 1, "int_value": dscp << 2, "state": "STATE_PREBIND"}],
+        }
+    }
+
+
+def envoy_filter() -> dict:
+    patches = [
+        {
+            "applyTo": "CLUSTER",
+            "match": {"context": "SIDECAR_OUTBOUND", "cluster": {"subset": SUBSET[cls]}},
+            "patch": {"operation": "MERGE", "value": tos_merge(dscp)},
+        }
+        for cls, dscp in CLASS_DSCP.items()
+    ]
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": {"name": "dapb-class-dscp", "namespace": "istio-system"},
+        "spec": {"configPatches": patches},
+    }
+
+
+def destination_rule(service: str, namespace: str, app_label: str) -> dict:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": f"{service}-dapb", "namespace": namespace},
+        "spec": {
+            "host": f"{service}.{namespace}.svc.cluster.local",
+            "subsets": [{"name": SUBSET[cls], "labels": {"app": app_label}} for cls in CLASS_DSCP],
+        },
+    }
+
+
+def example_virtual_service(service: str, namespace: str) -> dict:
+    host = f"{service}.{namespace}.svc.cluster.local"
+
+    def to(subset: str | None) -> list[dict]:
+        dest: dict = {"host": host}
+        if subset:
+            dest["subset"] = subset
+        return [{"destination": dest}]
+
+    http = []
+    for route, prefix in (("telemetry", "/telemetry"), ("api", "/")):
+        for cls in CLASS_DSCP:
+            http.append(
+                {
+                    "name": f"{route}~{cls}",
+                    "match": [{"uri": {"prefix": prefix}, "headers": {CLASS_HEADER: {"exact": cls}}}],
+                    "route": to(SUBSET[cls]),
+                }
+            )
+        http.append({"name": route, "match": [{"uri": {"prefix": prefix}}], "route": to(None)})
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": service,
+            "namespace": namespace,
+            "annotations": {
+                "dapb.io/urgency": "auto",
+                "dapb.io/route-urgency": "telemetry: throughput\napi: 0.6\n",
+            },
+        },
+        "spec": {"hosts": [host], "http": http},
+    }
+
+
+def agent_rbac() -> list[dict]:
+    sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "dapb-agent", "namespace": NAMESPACE}}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "dapb-agent"},
+        "rules": [
+            {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["extensions.istio.io"], "resources": ["wasmplugins"], "verbs": ["get", "patch"]},
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "dapb-agent"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "dapb-agent"},
+        "subjects": [{"kind": "ServiceAccount", "name": "dapb-agent", "namespace": NAMESPACE}],
+    }
+    return [sa, role, binding]
+
+
+def agent_daemonset() -> dict:
+    host_path = lambda name, path: {"name": name, "hostPath": {"path": path, "type": "Directory"}}  # noqa: E731
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "dapb-agent", "namespace": NAMESPACE, "labels": {"app": "dapb-agent"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "dapb-agent"}},
+            "template": {
+                "metadata": {"labels": {"app": "dapb-agent"}, "annotations": {"sidecar.istio.io/inject": "false"}},
+                "spec": {
+                    "serviceAccountName": "dapb-agent",
+                    "hostNetwork": False,
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": IMAGE,
+                            "args": ["agent", "--cgroup", "/sys/fs/cgroup/kubepods.slice", "--listen", "0.0.0.0:9464"],
+                            "ports": [{"name": "metrics", "containerPort": 9464}],
+                            "securityContext": {
+                                "privileged": False,
+                                "runAsUser": 0,
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON"]},
+                            },
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9464}},
+                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9464}, "periodSeconds": 10},
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"cpu": "500m", "memory": "256Mi"},
+                            },
+                            "volumeMounts": [
+                                {"name": "bpffs", "mountPath": "/sys/fs/bpf"},
+                                {"name": "cgroup", "mountPath": "/sys/fs/cgroup", "readOnly": True},
+                                {"name": "state", "mountPath": "/var/lib/dapb"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        host_path("bpffs", "/sys/fs/bpf"),
+                        host_path("cgroup", "/sys/fs/cgroup"),
+                        {"name": "state", "hostPath": {"path": "/var/lib/dapb", "type": "DirectoryOrCreate"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def namespace() -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": {"istio-injection": "disabled"}},
+    }
+
+
+def render(service: str = "telemetry-ingest", service_namespace: str = "default") -> dict[str, list[dict]]:
+    """File name -> the documents it holds."""
+    return {
+        "istio-operator-overlay.yaml": [istio_operator()],
+        "wasmplugin.yaml": [wasm_plugin()],
+        "envoyfilter-class-dscp.yaml": [envoy_filter()],
+        "agent.yaml": [namespace(), *agent_rbac(), agent_daemonset()],
+        "example-destinationrule.yaml": [destination_rule(service, service_namespace, service)],
+        "example-virtualservice.yaml": [example_virtual_service(service, service_namespace)],
+    }
+
+
+def write(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, docs in render().items():
+        path = out / name
+        header = f"# Rendered by `dapb render istio` (dapb-mesh {__version__}); see docs/mesh.md.\n"
+        path.write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+        paths.append(path)
+    return paths
