@@ -233,9 +233,7 @@ def bench(
             f"agent tick with {result['sockets']} sockets: p50 {ms['p50']:.2f} ms CPU, max {ms['max']:.2f} ms; "
             f"{result['core_share_at_tick_hz'] * 100:.1f}% of one core at {result['tick_hz']:g} Hz"
         )
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(result, indent=2))
+        _write_json(json_path, result)
         return
     if scenario == "predictor":  # inference cost of the shipped model
         from dapb_mesh.bench.predictor import run_predictor_bench
@@ -245,9 +243,7 @@ def bench(
             f"predictor: {result['rows']} rows in {result['onnx_batch_ms']['p50']:.2f} ms (ONNX batch, p50; max "
             f"{result['onnx_batch_ms']['max']:.2f}), {result['with_predictions_ms']['p50']:.2f} ms with decisions"
         )
-        if json_path is not None:
-            json_path.parent.mkdir(parents=True, exist_ok=True)
-            json_path.write_text(json.dumps(result, indent=2))
+        _write_json(json_path, result)
         return
     try:
         mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
@@ -289,13 +285,18 @@ def bench(
     for r in rates:
         _print_bench(results[r], f"{r:g} msg/s")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2))
+        _write_json(json_path, result)
         console.print(f"wrote {json_path}")
     if report is not None:
         from dapb_mesh.bench.report import write_report
 
         console.print(f"wrote {write_report(result, report)}")
+
+
+def _write_json(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
 
 
 def _fmt(fmt: str, value: float | None) -> str:

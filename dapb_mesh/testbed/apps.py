@@ -18,7 +18,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from dapb_mesh.testbed.tcpwork import HEADER, _percentiles, wait_until
+from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, wait_until
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,37 +47,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def _stream(self) -> dict:
-        size = int(self.headers.get("x-msg-size", 64))
-        buf = bytearray()
-        total, expected, in_order = 0, 0, True
-        delays: list[float] = []
-        while True:
-            line = self.rfile.readline()
-            if not line:
-                break
+        reader = MessageReader(int(self.headers.get("x-msg-size", 64)))
+        while line := self.rfile.readline():
             n = int(line.split(b";")[0], 16)
             if n == 0:
                 self.rfile.readline()
                 break
             chunk = self.rfile.read(n)
             self.rfile.readline()
-            now = time.monotonic_ns()
-            total += len(chunk)
-            buf += chunk
-            whole = len(buf) // size
-            for i in range(whole):
-                seq, sent = HEADER.unpack_from(buf, i * size)
-                in_order &= seq == expected
-                expected = seq + 1
-                delays.append((now - sent) / 1e6)
-            del buf[: whole * size]
-        return {
-            "bytes": total,
-            "messages": len(delays),
-            "partial_bytes": len(buf),
-            "in_order": in_order,
-            "delay_ms": _percentiles(delays),
-        }
+            reader.feed(chunk, time.monotonic_ns())
+        return reader.summary()
 
 
 def serve(port: int) -> None:

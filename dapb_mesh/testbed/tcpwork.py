@@ -138,35 +138,44 @@ def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: floa
     return result
 
 
-def _receive_messages(conn: socket.socket, size: int) -> dict:
-    """Read the stream to EOF; per message: in order? one-way delay. Counts every byte, whole or not."""
-    buf = bytearray()
-    total = 0
-    expected = 0
-    in_order = True
-    delays_ms: list[float] = []
-    while True:
-        chunk = conn.recv(65536)
-        now = time.monotonic_ns()
-        if not chunk:
-            break
-        total += len(chunk)
-        buf += chunk
-        whole = len(buf) // size
+class MessageReader:
+    """Reassembles fixed-size messages from a byte stream: order, per-message one-way delay, every byte counted."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.buf = bytearray()
+        self.total = 0
+        self.expected = 0
+        self.in_order = True
+        self.delays_ms: list[float] = []
+
+    def feed(self, chunk: bytes, now_ns: int) -> None:
+        self.total += len(chunk)
+        self.buf += chunk
+        whole = len(self.buf) // self.size
         for i in range(whole):
-            seq, sent = HEADER.unpack_from(buf, i * size)
-            if seq != expected:
-                in_order = False
-            expected = seq + 1
-            delays_ms.append((now - sent) / 1e6)
-        del buf[: whole * size]
-    return {
-        "bytes": total,
-        "messages": len(delays_ms),
-        "partial_bytes": len(buf),
-        "in_order": in_order,
-        "delay_ms": _percentiles(delays_ms),
-    }
+            seq, sent = HEADER.unpack_from(self.buf, i * self.size)
+            self.in_order &= seq == self.expected
+            self.expected = seq + 1
+            self.delays_ms.append((now_ns - sent) / 1e6)
+        del self.buf[: whole * self.size]
+
+    def summary(self) -> dict:
+        return {
+            "bytes": self.total,
+            "messages": len(self.delays_ms),
+            "partial_bytes": len(self.buf),
+            "in_order": self.in_order,
+            "delay_ms": _percentiles(self.delays_ms),
+        }
+
+
+def _receive_messages(conn: socket.socket, size: int) -> dict:
+    """Read the stream to EOF through a MessageReader."""
+    reader = MessageReader(size)
+    while chunk := conn.recv(65536):
+        reader.feed(chunk, time.monotonic_ns())
+    return reader.summary()
 
 
 # -- client ---------------------------------------------------------------------------------------------------
