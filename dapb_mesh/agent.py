@@ -232,6 +232,7 @@ class Agent:
         self.writes = 0
         self.reloads = {"ok": 0, "rejected": 0}
         self.predictor = None
+        self.companion = None
         self.decision_counts: Counter[tuple[str, str]] = Counter()
         self.fallback_counts: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -248,6 +249,8 @@ class Agent:
             from dapb_mesh.predictor import load_predictor
 
             self.predictor = load_predictor(a.model)
+        if a.companion_target:
+            self.companion = self._start_companion()
         if self.dry_run:
             self._write(self._decide_all(force=True))
             self.ready.set()
@@ -267,6 +270,21 @@ class Agent:
             self.version = self._write(self._decide_all(force=True))
         self.ready.set()
 
+    def _start_companion(self):
+        """The xDS companion keeps the per-route urgency table (exported as metrics; the filter's source)."""
+        from dapb_mesh.mesh.companion import Companion
+        from dapb_mesh.mesh.sources import KubernetesSource
+
+        a = self.settings.agent
+        if a.virtual_services == "kubernetes":
+            from kubernetes import client, config
+
+            config.load_incluster_config()
+            source = KubernetesSource(client.ApiClient()).start()
+        else:
+            source = Path(a.virtual_services)
+        return Companion(a.companion_target, a.companion_node_id, source).start()
+
     def _apply_rules(self) -> None:
         a, dp = self.settings.agent, self.datapath
         for cls, rule in ((L.CLASS_THROUGHPUT, a.throughput), (L.CLASS_LATENCY, a.latency)):
@@ -281,6 +299,9 @@ class Agent:
         """Graceful stop: write a snapshot with no knobs (live sockets return to baseline on their next ACK),
         then detach and remove the instance. Nothing is held by the programs, so nothing can be stranded."""
         self._stop.set()
+        if self.companion is not None:
+            self.companion.stop()
+            self.companion = None
         if self.datapath is not None:
             self.datapath.write_policy({})
             time.sleep(0.2)  # let busy sockets take the empty snapshot on their next RTT callback

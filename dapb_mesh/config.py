@@ -187,6 +187,12 @@ class AgentConfig(_Strict):
     """At most this many decision rows are kept."""
     listen: str = "127.0.0.1:9464"
     """host:port of /metrics (Prometheus), /healthz and /readyz."""
+    companion_target: str = ""
+    """xDS server of the companion (istiod, e.g. istiod.istio-system.svc:15010, or unix:PATH); empty: off."""
+    companion_node_id: str = "sidecar~0.0.0.0~dapb-companion.istio-system~istio-system.svc.cluster.local"
+    """The node id the companion presents, as a sidecar of the proxies it serves would."""
+    virtual_services: str = "kubernetes"
+    """Where VirtualServices come from: "kubernetes" (in-cluster API, watch) or a directory of YAML."""
     use_predictor: bool = False
     """Ask the ONNX predictor for B(t) (eq. 4-5); otherwise the formula (eq. 2)."""
     model: Path = Path("models/dapb_predictor.onnx")

@@ -121,6 +121,21 @@ class AgentCollector:
                 if runs:
                     overhead.add_metric([prog], ns / runs / 1e9)
         yield overhead
+        if a.companion is not None:
+            state = a.companion.state
+            routes = GaugeMetricFamily(
+                "dapb_route_urgency", "urgency per route (annotations joined with xDS)", labels=["route"]
+            )
+            for route, u in sorted(state.table.items()):
+                routes.add_metric([route], u)
+            yield routes
+            yield GaugeMetricFamily(
+                "dapb_companion_connected", "1 while the xDS stream is up", value=int(state.connected)
+            )
+            yield CounterMetricFamily("dapb_companion_nacks", "xDS responses rejected", value=len(state.nacks))
+            yield GaugeMetricFamily(
+                "dapb_companion_annotation_problems", "invalid urgency annotations", value=len(state.problems)
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):

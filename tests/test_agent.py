@@ -286,3 +286,47 @@ def test_grafana_dashboard_uses_only_metrics_the_agent_exports(pair, tmp_path):
     exported = set(re.findall(r"^# TYPE (dapb_[a-z_]+)", body, re.MULTILINE))
     exported |= {f"{name}_total" for name in exported}
     assert used and used <= exported, used - exported
+
+
+def test_agent_with_companion_exports_route_urgency_and_keeps_it_when_the_control_plane_goes(tmp_path):
+    """The testbed control plane stands in for istiod."""
+    from test_companion import NODE, snapshot, vs_doc, wait_until
+
+    from dapb_mesh.exporter import serve
+    from dapb_mesh.testbed.control_plane import ControlPlane
+
+    vs_dir = tmp_path / "vs"
+    vs_dir.mkdir()
+    (vs_dir / "svc-b.yaml").write_text(json.dumps(vs_doc("telemetry: throughput")))
+    plane = ControlPlane(tmp_path / "xds.sock").start()
+    plane.set_snapshot(NODE, snapshot("1", vs_doc("")))
+    s = parse_settings(
+        {
+            "agent": {
+                "companion_target": f"unix:{plane.socket_path}",
+                "companion_node_id": NODE,
+                "virtual_services": str(vs_dir),
+                "store": str(tmp_path / "h.db"),
+                "listen": "127.0.0.1:0",
+            }
+        }
+    )
+    agent = Agent(s, dry_run=True)
+    server = serve(agent, s.agent.listen)
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        agent.start()
+        assert wait_until(
+            lambda: (
+                'dapb_route_urgency{route="telemetry"} 0.0' in urllib.request.urlopen(url, timeout=5).read().decode()
+            )
+        )
+        plane.stop()
+        assert wait_until(
+            lambda: "dapb_companion_connected 0.0" in urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        assert 'dapb_route_urgency{route="telemetry"} 0.0' in urllib.request.urlopen(url, timeout=5).read().decode()
+    finally:
+        agent.stop()
+        server.shutdown()
+        plane.stop()

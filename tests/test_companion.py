@@ -114,3 +114,78 @@ def test_control_plane_away_keeps_the_table_and_reconnects(tmp_path):
     finally:
         companion.stop()
         plane.stop()
+
+
+def test_kubernetes_source_lists_and_watches_virtual_services():
+    """The official client against a stand-in API server (a Kubernetes API server cannot run here): it serves
+    the VirtualService list and a watch stream, as /apis/networking.istio.io/v1/virtualservices does."""
+    import queue
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubernetes import client
+
+    from dapb_mesh.mesh.sources import KubernetesSource
+
+    items = {"default/svc-b": vs_doc("telemetry: throughput")}
+    events: queue.Queue = queue.Queue()
+
+    class Api(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if not self.path.startswith("/apis/networking.istio.io/v1/virtualservices"):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("connection", "close")
+            self.end_headers()
+            if "watch=true" in self.path:
+                try:
+                    while True:
+                        ev = events.get(timeout=1.0)
+                        self.wfile.write((json.dumps(ev) + "\n").encode())
+                        self.wfile.flush()
+                except queue.Empty:
+                    return
+            else:
+                body = {
+                    "apiVersion": "networking.istio.io/v1",
+                    "kind": "VirtualServiceList",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": list(items.values()),
+                }
+                self.wfile.write(json.dumps(body).encode())
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = client.Configuration()
+    config.host = f"http://127.0.0.1:{server.server_address[1]}"
+    source = KubernetesSource(client.ApiClient(config)).start()
+    try:
+        assert wait_until(lambda: len(source.poll()[1]) == 1)
+        version = source.poll()[0]
+        changed = vs_doc("telemetry: latency")
+
+        def publish(kind, obj):  # the stand-in keeps its list consistent with the events it sends
+            if kind == "DELETED":
+                items.pop("default/svc-b", None)
+            else:
+                items["default/svc-b"] = obj
+            events.put({"type": kind, "object": obj})
+
+        publish("MODIFIED", changed)
+        assert wait_until(
+            lambda: (
+                source.poll()[0] > version
+                and source.poll()[1][0]["metadata"]["annotations"]["dapb.io/route-urgency"] == "telemetry: latency"
+            )
+        )
+        publish("DELETED", changed)
+        assert wait_until(lambda: source.poll()[1] == [])
+    finally:
+        source.stop()
+        server.shutdown()

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import grpc
 
-from dapb_mesh.mesh.virtualservice import Problem, RouteUrgency, load_directory, urgencies
+from dapb_mesh.mesh.sources import DirectorySource, KubernetesSource
+from dapb_mesh.mesh.virtualservice import Problem, RouteUrgency, urgencies
 
 log = logging.getLogger("dapb.companion")
 
@@ -82,20 +83,21 @@ class Companion:
         self,
         target: str,
         node_id: str,
-        vs_directory: Path,
+        source: Path | DirectorySource | KubernetesSource,
         *,
         default_urgency: float = 0.4,
         on_change: Callable[[dict[str, float]], None] | None = None,
         poll_s: float = 0.2,
         backoff_max_s: float = 5.0,
     ):
-        self.target, self.node_id, self.vs_directory = target, node_id, vs_directory
+        self.target, self.node_id = target, node_id
+        self.source = DirectorySource(source) if isinstance(source, Path) else source
         self.default_urgency = default_urgency
         self.on_change = on_change or (lambda _t: None)
         self.poll_s, self.backoff_max_s = poll_s, backoff_max_s
         self.state = CompanionState()
         self._vs_table: list[RouteUrgency] = []
-        self._vs_stamp: tuple = ()
+        self._vs_version = -1
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -112,12 +114,11 @@ class Companion:
                 self.on_change(dict(table))
 
     def _read_virtual_services(self) -> None:
-        files = sorted(self.vs_directory.glob("*.y*ml"))
-        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-        if stamp == self._vs_stamp:
+        version, found, problems = self.source.poll()
+        if version == self._vs_version:
             return
-        self._vs_stamp = stamp
-        found, problems = load_directory(self.vs_directory)
+        self._vs_version = version
+        problems = list(problems)
         table: list[RouteUrgency] = []
         for vs in found:
             entries, more = urgencies(vs, self.default_urgency)
@@ -129,12 +130,12 @@ class Companion:
         self.state.problems = problems
         self._rebuild()
 
-    def _watch_directory(self) -> None:
+    def _watch_source(self) -> None:
         while not self._stop.is_set():
             try:
                 self._read_virtual_services()
             except OSError as error:
-                log.warning("reading %s: %s", self.vs_directory, error)
+                log.warning("reading VirtualServices: %s", error)
             self._stop.wait(self.poll_s)
 
     # -- ADS ----------------------------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class Companion:
 
     # -- life cycle ---------------------------------------------------------------------------------------
     def start(self) -> Companion:
-        for target in (self._watch_directory, self._run_ads):
+        for target in (self._watch_source, self._run_ads):
             t = threading.Thread(target=target, daemon=True, name=f"companion-{target.__name__}")
             t.start()
             self._threads.append(t)
