@@ -206,6 +206,9 @@ def bench(
     repeat: Annotated[int | None, typer.Option("--repeat", help="Interleaved repeats per mode.", min=1)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="One-second runs, one repeat.")] = False,
     plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
+    impair: Annotated[
+        str, typer.Option("--impair", help="Impairments, e.g. loss=1%,rate=20mbit,queue=30ms (tbf and tc drop).")
+    ] = "",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every metric per mode here.")] = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Write report.md and plots to this directory.")
@@ -262,6 +265,12 @@ def bench(
         raise typer.BadParameter(
             f"{scenario!r} for --arch {arch}; choose from {', '.join(known)}", param_hint="--scenario"
         )
+    from dapb_mesh.testbed.impair import parse as parse_impairment
+
+    try:
+        impairment = parse_impairment(impair)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--impair") from None
     repeats = repeat or (1 if quick else 3)
     duration = 1.0 if quick else 2.0
     results = {}
@@ -269,6 +278,7 @@ def bench(
         task = bar.add_task("starting", total=None)
         for r in rates:
             common = {
+                "impairment": impairment,
                 "rate": r,
                 "msg_size": msg_size,
                 "duration_s": duration,

@@ -269,3 +269,43 @@ def test_filter_in_envoy_sends_classes_on_connections_with_their_dscp(tmp_path):
         finally:
             companion.stop()
             dp.destroy()
+
+
+def test_impairment_parsing_names_the_bad_item():
+    from dapb_mesh.testbed.impair import parse
+
+    imp = parse("loss=1%,rate=20mbit,queue=30ms")
+    assert (imp.drop_per_million, imp.rate_bps, imp.queue_ms) == (10_000, 20_000_000, 30)
+    for bad, named in (("loss=2", "loss=2"), ("rate=fast", "rate=fast"), ("jitter=1ms", "jitter"), ("x", "'x'")):
+        with pytest.raises(ValueError, match=named):
+            parse(bad)
+
+
+def test_bench_with_loss_and_a_bottleneck_loses_no_byte(tmp_path):
+    out = tmp_path / "imp.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dapb_mesh.cli",
+            "bench",
+            "--scenario",
+            "stream-small",
+            "--modes",
+            "baseline,dapb",
+            "--arch",
+            "inter-pod",
+            "--quick",
+            "--impair",
+            "loss=1%,rate=20mbit",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["impairment"] == "loss 1.00%, bottleneck 20 Mbit/s, queue 20 ms"
+    assert all(m["lost_bytes"] == 0 for m in result["modes"].values())

@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import load_model, plan
-from dapb_mesh.bench.runner import run_modes
+from dapb_mesh.bench.runner import impair, run_modes
 from dapb_mesh.config import ClassRule, Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed import envoy_config as ec
+from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
 from dapb_mesh.testbed.mesh import Mesh
 
 ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT}
@@ -44,6 +45,7 @@ def run_envoy(
     duration_s: float = 2.0,
     repeats: int = 1,
     plaintext: bool = False,
+    impairment: Impairment = NO_IMPAIRMENT,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
     sensitivity = ENVOY_SCENARIOS[scenario]
@@ -81,6 +83,7 @@ def run_envoy(
             dp.set_port_class(ec.INBOUND_PORT, L.CLASS_RECEIVER)
             netns, ifname = mesh.hop_interface
             dp.attach_tc(ifname, netns=netns)
+            impair(dp, impairment, (netns, ifname), (mesh.server_pod.netns, mesh.hop_interface[1]))
 
             def once() -> RawRun:
                 r = mesh.stream(rate, count, msg_size)
@@ -134,6 +137,7 @@ def run_envoy(
         "scenario": scenario,
         "arch": arch,
         "workload": {"messages": count, "msg_size": msg_size, "rate": rate, "mtls": not plaintext},
+        "impairment": impairment.describe(),
         "sensitivity": sensitivity.value,
         "modes": result_modes,
     }

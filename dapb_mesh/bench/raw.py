@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import load_model, plan
-from dapb_mesh.bench.runner import run_modes
+from dapb_mesh.bench.runner import impair, run_modes
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed.hop import HopResult, run_hop
+from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
 from dapb_mesh.testbed.netns import PodPair
 
 
@@ -75,6 +76,7 @@ def run_raw(
     msg_size: int = 64,
     duration_s: float = 2.0,
     repeats: int = 1,
+    impairment: Impairment = NO_IMPAIRMENT,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
     scn = RAW_SCENARIOS[scenario]
@@ -90,6 +92,7 @@ def run_raw(
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.attach_tc(pair.client.ifname, netns=pair.client.netns)
+            impair(dp, impairment, (pair.client.netns, pair.client.ifname), (pair.server.netns, pair.server.ifname))
             result_modes = run_modes(
                 dp,
                 modes,
@@ -106,6 +109,7 @@ def run_raw(
         "scenario": scenario,
         "arch": "raw",
         "workload": {"mode": scn.mode, "messages": count, "msg_size": msg_size, **extra},
+        "impairment": impairment.describe(),
         "sensitivity": scn.sensitivity.value,
         "predictor": None if predictor is None else str(predictor.path),
         "modes": result_modes,

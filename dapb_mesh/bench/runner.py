@@ -10,6 +10,7 @@ from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun, median_of, relate, summarize
 from dapb_mesh.bench.modes import ModePlan
 from dapb_mesh.kernel.datapath import Datapath
+from dapb_mesh.testbed.impair import Impairment, apply_bottleneck
 
 SMALL_BYTES = 512  # a data segment with less payload than this counts as small
 
@@ -129,3 +130,12 @@ def _agent_summary(agent: Agent) -> dict:
         },
         "telemetry_rejected": dict(agent.aggregator.rejected),
     }
+
+
+def impair(dp: Datapath, imp: Impairment, sender: tuple[str, str], receiver: tuple[str, str]) -> None:
+    """Apply an impairment: the bottleneck on the sender's egress, the loss on the receiver's ingress."""
+    apply_bottleneck(*sender, imp)
+    if imp.loss:
+        if receiver != sender:
+            dp.attach_tc(receiver[1], netns=receiver[0])
+        dp.write_policy({}, drop_per_million=imp.drop_per_million)
