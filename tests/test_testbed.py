@@ -309,3 +309,36 @@ def test_bench_with_loss_and_a_bottleneck_loses_no_byte(tmp_path):
     result = json.loads(out.read_text())
     assert result["impairment"] == "loss 1.00%, bottleneck 20 Mbit/s, queue 20 ms"
     assert all(m["lost_bytes"] == 0 for m in result["modes"].values())
+
+
+def test_request_response_through_sidecars_dapb_leaves_api_traffic_alone(tmp_path):
+    """Istio-benchmark shape (1 KiB answers, 1,000 qps, 2 connections) in the auto class: global Nagle stalls
+    every exchange on the delayed ACK; DAPB's formula holds nothing on a hop this short."""
+    out = tmp_path / "rr.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dapb_mesh.cli",
+            "bench",
+            "--scenario",
+            "req-resp",
+            "--modes",
+            "baseline,nagle,dapb",
+            "--arch",
+            "inter-pod",
+            "--quick",
+            "--rate",
+            "1000",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    modes = json.loads(out.read_text())["modes"]
+    assert all(m["lost_bytes"] == 0 and m["messages"] == 1000 for m in modes.values())
+    assert modes["nagle"]["latency_p50_ms"] > 30
+    assert modes["dapb"]["enforced_bound_ms"] == 0 and modes["dapb"]["latency_p50_ms"] < 10

@@ -25,8 +25,29 @@ from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
 from dapb_mesh.testbed.mesh import Mesh
 
-ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT}
+ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT, "req-resp": Sensitivity.AUTO}
+"""stream-small: small messages on one HTTP/2 stream; req-resp: 1 KiB answers at a fixed rate over 2 connections
+(Istio's own benchmark shape), in the auto class."""
 SOL_IP, IP_TOS = 0, 1
+
+
+def _rr_run(r: dict) -> RawRun:
+    lat = r["latency_ms"]
+    return RawRun(
+        messages=r["requests"],
+        bytes_sent=r["expected_bytes"],
+        bytes_received=r["bytes"],
+        data_segments=-1,
+        small_segments=0,
+        delay_p50_ms=lat["p50"],
+        delay_p99_ms=lat["p99"],
+        delay_max_ms=lat["max"],
+        delay_mean_ms=lat["mean"],
+        delay_hist_us=lat["hist_us"],
+        elapsed_s=r["elapsed_s"],
+        cpu_seconds=0.0,
+        mss=1448,
+    )
 
 
 def tos_option(dscp: int) -> dict:
@@ -86,6 +107,8 @@ def run_envoy(
             impair(dp, impairment, (netns, ifname), (mesh.server_pod.netns, mesh.hop_interface[1]))
 
             def once() -> RawRun:
+                if scenario == "req-resp":
+                    return _rr_run(mesh.request_response(rate, count, size=max(msg_size, 1024)))
                 r = mesh.stream(rate, count, msg_size)
                 s = r["server"]
                 return RawRun(

@@ -18,7 +18,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, wait_until
+from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, _percentiles, wait_until
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -26,6 +26,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:  # quiet: the bench reads stdout
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        # Like most servers (Go's net/http, Envoy), no Nagle: headers and body are separate writes here.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _reply(self, body: bytes, ctype: str = "application/octet-stream") -> None:
         self.send_response(200)
@@ -108,9 +113,61 @@ def stream(host: str, port: int, rate: float, count: int, size: int, authority: 
     return {"server": result, "bytes_sent": count * size, "messages_sent": count, "elapsed_s": elapsed}
 
 
+def request_response(
+    host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
+) -> dict:
+    """Istio-benchmark style load: GETs for ``size``-byte responses at ``rate`` per second over ``connections``
+    keep-alive HTTP/1.1 connections, each paced on its own schedule (a late answer delays only its connection).
+    Latency per request, end to end, in log2 bins as for one-way delays."""
+    import threading
+
+    latencies: list[float] = []
+    received = [0]
+    lock = threading.Lock()
+    per_conn = max(1, count // connections)
+    request = f"GET / HTTP/1.1\r\nhost: {authority}\r\nx-response-size: {size}\r\n\r\n".encode()
+
+    def worker(offset: float) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+        t0 = time.monotonic() + offset
+        mine: list[float] = []
+        got = 0
+        for i in range(per_conn):
+            wait_until(t0 + i * connections / rate)
+            start = time.monotonic_ns()
+            sock.sendall(request)
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length"):
+                    length = int(line.split(b":")[1])
+            got += len(reader.read(length))
+            mine.append((time.monotonic_ns() - start) / 1e6)
+        sock.close()
+        with lock:
+            latencies.extend(mine)
+            received[0] += got
+
+    threads = [threading.Thread(target=worker, args=(c / rate,)) for c in range(connections)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout_s)
+    elapsed = time.monotonic() - t
+    return {
+        "requests": len(latencies),
+        "bytes": received[0],
+        "expected_bytes": per_conn * connections * size,
+        "latency_ms": _percentiles(latencies),
+        "elapsed_s": elapsed,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=["server", "client"])
+    parser.add_argument("role", choices=["server", "client", "rr"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--authority", default="svc-b:8080", help="Host header: which service the route is for")
@@ -118,9 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--connections", type=int, default=2, help="rr: keep-alive connections")
     args = parser.parse_args(argv)
     if args.role == "server":
         serve(args.port)
+        return 0
+    if args.role == "rr":
+        json.dump(
+            request_response(
+                args.host, args.port, args.rate, args.count, args.size, args.connections, args.authority, args.timeout
+            ),
+            sys.stdout,
+        )
+        print()
         return 0
     if args.size < HEADER.size:
         parser.error(f"--size must be at least {HEADER.size}")

@@ -369,3 +369,41 @@ class Mesh:
         if proc.returncode:
             raise RuntimeError(f"stream client failed: {err[-2000:]}")
         return json.loads(out)
+
+    def request_response(
+        self, rate: float, count: int, size: int = 1024, connections: int = 2, timeout_s: float = 120.0
+    ) -> dict:
+        """Requests for ``size``-byte responses at ``rate`` per second over ``connections`` connections."""
+        svc = self.server_service
+        proc = self.client_pod.popen(
+            [
+                sys.executable,
+                "-m",
+                "dapb_mesh.testbed.apps",
+                "rr",
+                "--host",
+                svc.addresses[0],
+                "--port",
+                str(svc.port),
+                "--authority",
+                f"{svc.name}:{svc.port}",
+                "--rate",
+                str(rate),
+                "--count",
+                str(count),
+                "--size",
+                str(size),
+                "--connections",
+                str(connections),
+                "--timeout",
+                str(timeout_s),
+            ],
+            container="app",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out, err = proc.communicate(timeout=timeout_s)
+        if proc.returncode:
+            raise RuntimeError(f"request/response client failed: {err[-2000:]}")
+        return json.loads(out)
