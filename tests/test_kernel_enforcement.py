@@ -93,20 +93,22 @@ def test_latency_class_sends_exactly_as_baseline(pair, datapath):
 
 
 def test_latency_class_ping_pong_p50_matches_baseline(pair, datapath):
-    """Twelve short runs of each, interleaved, client and server pinned to their own CPU; the p50 of all samples."""
-    samples: dict[str, list[float]] = {"base": [], "latency": []}
-    pinned = {"size": 64, "count": 400, "samples": True, "cpu": 0}
-    for _ in range(12):
+    """Fifteen pairs of short runs (no programs, then latency class), client and server pinned to their own CPU.
+    Each pair gives a difference of p50s; their median is robust to a burst of machine noise hitting one run."""
+    pinned = {"size": 64, "count": 400, "cpu": 0}
+    diffs, bases = [], []
+    for _ in range(15):
         for pod in pair.pods:  # baseline: no programs at all
             datapath.detach_cgroup(pod.cgroup)
-        samples["base"] += run_hop(pair, "pingpong", server_args=("--cpu", "1"), **pinned).client["rtt_samples_us"]
+        base = run_hop(pair, "pingpong", server_args=("--cpu", "1"), **pinned).client["rtt_us"]["p50"]
         for pod in pair.pods:
             datapath.attach_cgroup(pod.cgroup)
         use_class(datapath, L.CLASS_LATENCY)
-        samples["latency"] += run_hop(pair, "pingpong", server_args=("--cpu", "1"), **pinned).client["rtt_samples_us"]
-    base, lat = (statistics.median(samples[k]) for k in ("base", "latency"))
-    print(f"ping-pong p50 baseline {base:.2f} us, latency class {lat:.2f} us ({len(samples['base'])} samples each)")
-    assert abs(lat - base) <= 2.0
+        lat = run_hop(pair, "pingpong", server_args=("--cpu", "1"), **pinned).client["rtt_us"]["p50"]
+        diffs.append(lat - base)
+        bases.append(base)
+    print(f"ping-pong p50 baseline ~{statistics.median(bases):.2f} us; latency-class minus baseline: {sorted(diffs)}")
+    assert abs(statistics.median(diffs)) <= 2.0
 
 
 def test_write_write_read_never_stalls_past_the_bound(pair, datapath):
