@@ -9,8 +9,14 @@
 // plugin configuration, otherwise the default. u > u_threshold -> latency; u < throughput_below -> throughput;
 // else auto (the header is removed so the default route applies).
 //
+// Timed aggregation (where the kernel cannot coalesce: low rates, short bounds): request body chunks of
+// throughput-class streams are held (PAUSE: Envoy buffers them) and released as one write when hold_bytes are
+// buffered, when the oldest held byte has waited hold_ms (checked on a 1 ms tick), at end of stream, or when an
+// urgent request arrives. hold_bytes = 0 turns it off. Envoy owns the buffered bytes: a reset or a drain is
+// Envoy's ordinary stream handling; the filter never drops, reorders or rewrites body bytes.
+//
 // Plugin configuration (JSON, one flat object):
-//   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4,
+//   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4, "hold_bytes": 0, "hold_ms": 0,
 //    "route:<route name>": <urgency 0..1>, ...}
 #include <stddef.h>
 #include <stdint.h>
@@ -21,7 +27,8 @@
 enum { OK = 0, NOT_FOUND = 1 };
 enum { MAP_REQUEST_HEADERS = 0 };
 enum { BUFFER_PLUGIN_CONFIGURATION = 7 };
-enum { ACTION_CONTINUE = 0 };
+enum { ACTION_CONTINUE = 0, ACTION_PAUSE = 1 };
+enum { STREAM_REQUEST = 0 };
 enum { LOG_INFO = 2, LOG_WARN = 3 };
 
 WASM_IMPORT(proxy_log) int32_t proxy_log(int32_t level, const char *msg, size_t size);
@@ -36,6 +43,10 @@ WASM_IMPORT(proxy_remove_header_map_value)
 int32_t proxy_remove_header_map_value(int32_t map, const char *key, size_t key_size);
 WASM_IMPORT(proxy_get_property)
 int32_t proxy_get_property(const char *path, size_t path_size, char **out, size_t *out_size);
+WASM_IMPORT(proxy_set_tick_period_milliseconds) int32_t proxy_set_tick_period_milliseconds(uint32_t ms);
+WASM_IMPORT(proxy_get_current_time_nanoseconds) int32_t proxy_get_current_time_nanoseconds(uint64_t *ns);
+WASM_IMPORT(proxy_set_effective_context) int32_t proxy_set_effective_context(uint32_t ctx);
+WASM_IMPORT(proxy_continue_stream) int32_t proxy_continue_stream(int32_t stream);
 
 // ---- memory: size-class free lists over pages taken with memory.grow (host buffers come through here) ----
 #define CLASSES 8
@@ -156,8 +167,35 @@ static struct route_urgency routes[MAX_ROUTES];
 static int n_routes;
 static int u_threshold = 500, throughput_below = 300, default_urgency = 400;
 
-static int set_value(const char *key, size_t kn, int milli)
+static uint32_t hold_bytes, hold_ms;
+
+// A non-negative integer below 2^24; -1 if malformed.
+static long parse_uint(const char *s, size_t n)
 {
+	long v = 0;
+	if (n == 0 || n > 8)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -1;
+		v = v * 10 + (s[i] - '0');
+	}
+	return v < (1L << 24) ? v : -1;
+}
+
+static int set_value(const char *key, size_t kn, const char *val, size_t vn)
+{
+	if (str_eq(key, kn, "hold_bytes", 10) || str_eq(key, kn, "hold_ms", 7)) {
+		long v = parse_uint(val, vn);
+		if (v < 0 || (kn == 7 && v > 60000))
+			return 0;
+		if (kn == 10)
+			hold_bytes = (uint32_t)v;
+		else
+			hold_ms = (uint32_t)v;
+		return 1;
+	}
+	int milli = parse_milli(val, vn);
 	if (milli < 0 || milli > 1000)
 		return 0;
 	if (str_eq(key, kn, "u_threshold", 11))
@@ -182,6 +220,7 @@ static int parse_config(const char *s, size_t n)
 {
 	size_t i = 0;
 	n_routes = 0;
+	hold_bytes = hold_ms = 0;
 	while (i < n && s[i] != '{')
 		i++;
 	if (i++ >= n)
@@ -205,7 +244,7 @@ static int parse_config(const char *s, size_t n)
 		size_t val = i;
 		while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\n')
 			i++;
-		if (!set_value(s + key, key_len, parse_milli(s + val, i - val)))
+		if (!set_value(s + key, key_len, s + val, i - val))
 			return 0;
 	}
 }
@@ -222,14 +261,86 @@ WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, siz
 		return 0;
 	int ok = parse_config(data, got);
 	dapb_free(data);
+	if (ok && hold_bytes && !hold_ms)
+		ok = 0; // a hold without a time bound is never allowed
+	proxy_set_tick_period_milliseconds(ok && hold_bytes ? 1 : 0);
 	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
 	return ok;
 }
 
+// ---- per-stream hold state (bounded: at most MAX_HELD streams hold at once; others pass through) ----
+#define MAX_HELD 256
+struct held {
+	uint32_t ctx; // 0 = free slot
+	uint64_t first_ns; // arrival of the oldest byte held (valid while paused)
+	int paused; // Envoy is buffering this stream's body for us
+};
+static struct held held[MAX_HELD];
+
+static struct held *find_held(uint32_t ctx)
+{
+	for (int i = 0; i < MAX_HELD; i++)
+		if (held[i].ctx == ctx)
+			return &held[i];
+	return NULL;
+}
+
+static uint64_t now_ns(void)
+{
+	uint64_t t = 0;
+	proxy_get_current_time_nanoseconds(&t);
+	return t;
+}
+
+static void release(struct held *h)
+{
+	if (h->paused) {
+		proxy_set_effective_context(h->ctx);
+		proxy_continue_stream(STREAM_REQUEST);
+	}
+	h->paused = 0;
+	h->first_ns = 0;
+}
+
+WASM_EXPORT(proxy_on_request_body) int32_t proxy_on_request_body(uint32_t ctx, size_t size, int32_t end_of_stream)
+{
+	struct held *h = find_held(ctx);
+	if (!h)
+		return ACTION_CONTINUE;
+	if (end_of_stream || size >= hold_bytes || !hold_bytes) {
+		h->paused = 0; // returning CONTINUE releases everything Envoy buffered, in order
+		h->first_ns = 0;
+		return ACTION_CONTINUE;
+	}
+	if (!h->paused)
+		h->first_ns = now_ns();
+	h->paused = 1;
+	return ACTION_PAUSE;
+}
+
+WASM_EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id)
+{
+	uint64_t now = now_ns(), bound = (uint64_t)hold_ms * 1000000;
+	for (int i = 0; i < MAX_HELD; i++)
+		if (held[i].ctx && held[i].paused && now - held[i].first_ns >= bound)
+			release(&held[i]);
+}
+
 WASM_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t size) { return 1; }
 WASM_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uint32_t parent) {}
-WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id) { return 1; }
-WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) {}
+WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id)
+{
+	struct held *h = find_held(id);
+	if (h)
+		h->ctx = 0; // Envoy finishes the stream; nothing is held by the filter itself
+	return 1;
+}
+WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id)
+{
+	struct held *h = find_held(id);
+	if (h)
+		h->ctx = 0;
+}
 WASM_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
 
 // RFC 9218 Priority: a structured-field dictionary, e.g. "u=1, i". Returns urgency in thousandths, or -1.
@@ -284,8 +395,17 @@ int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_st
 		u = default_urgency;
 	if (u > u_threshold)
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "latency", 7);
-	else if (u < throughput_below)
+	else if (u < throughput_below) {
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "throughput", 10);
+		if (hold_bytes && !end_of_stream) {
+			struct held *slot = find_held(0);
+			if (slot) {
+				slot->ctx = ctx;
+				slot->first_ns = 0;
+				slot->paused = 0;
+			}
+		}
+	}
 	else
 		proxy_remove_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12); // a client cannot pick it
 	return ACTION_CONTINUE;

@@ -43,6 +43,13 @@ class Stream:
     properties: dict[str, bytes] = field(default_factory=dict)
     local_reply: LocalReply | None = None
     continued: list[int] = field(default_factory=list)
+    forwarded: list[tuple[int, bytes]] = field(default_factory=list)  # (host time ns, one upstream write)
+
+    def release(self, now_ns: int) -> None:
+        """What Envoy does on CONTINUE: everything buffered goes upstream as one write, in order."""
+        if self.request_body:
+            self.forwarded.append((now_ns, bytes(self.request_body)))
+            self.request_body.clear()
 
 
 class ProxyWasmHost:
@@ -55,7 +62,8 @@ class ProxyWasmHost:
         self.logs: list[tuple[str, str]] = []
         self.tick_period_ms = 0
         self.now_ns = 0
-        self.stream: Stream | None = None
+        self.stream: Stream | None = None  # the effective stream context
+        self.streams: dict[int, Stream] = {}
         self.next_context = ROOT_CONTEXT + 1
         linker = wasmtime.Linker(self.engine)
         table = self._imports()
@@ -181,6 +189,14 @@ class ProxyWasmHost:
         def continue_stream(stream_type):
             if self.stream is not None:
                 self.stream.continued.append(stream_type)
+                if stream_type == 0:  # REQUEST
+                    self.stream.release(self.now_ns)
+            return OK
+
+        def set_effective_context(ctx):
+            if ctx not in self.streams:
+                return BAD_ARGUMENT
+            self.stream = self.streams[ctx]
             return OK
 
         return {
@@ -197,6 +213,7 @@ class ProxyWasmHost:
             "proxy_set_tick_period_milliseconds": (1, set_tick_period),
             "proxy_get_current_time_nanoseconds": (1, current_time),
             "proxy_continue_stream": (1, continue_stream),
+            "proxy_set_effective_context": (1, set_effective_context),
         }
 
     # -- the host's side of the ABI -----------------------------------------------------------------------
@@ -208,27 +225,42 @@ class ProxyWasmHost:
         ctx = self.next_context
         self.next_context += 1
         self.stream = Stream(properties=properties or {})
+        self.streams[ctx] = self.stream
         self._call("proxy_on_context_create", ctx, ROOT_CONTEXT)
         return ctx, self.stream
 
     def request_headers(self, ctx: int, headers: dict[str, str], end_of_stream: bool = False) -> int:
-        assert self.stream is not None
+        self.stream = self.streams[ctx]
         self.stream.request_headers.update({k.lower(): v for k, v in headers.items()})
         return self._call("proxy_on_request_headers", ctx, len(headers), int(end_of_stream))
 
     def request_body(self, ctx: int, chunk: bytes, end_of_stream: bool = False) -> int:
-        assert self.stream is not None
-        self.stream.request_body += chunk
-        return self._call("proxy_on_request_body", ctx, len(self.stream.request_body), int(end_of_stream))
+        """A body chunk arrives; on CONTINUE the host forwards everything buffered, on PAUSE it keeps buffering."""
+        self.stream = stream = self.streams[ctx]
+        stream.request_body += chunk
+        action = self._call("proxy_on_request_body", ctx, len(stream.request_body), int(end_of_stream))
+        if action == ACTION_CONTINUE:
+            stream.release(self.now_ns)
+        return action
 
     def tick(self, advance_ms: int = 0) -> None:
         self.now_ns += advance_ms * 1_000_000
         self._call("proxy_on_tick", ROOT_CONTEXT)
 
+    def reset(self, ctx: int) -> bytes:
+        """The stream is reset (client abort, upstream failure): the host drops its buffer; returns what it held."""
+        stream = self.streams[ctx]
+        dropped = bytes(stream.request_body)
+        stream.request_body.clear()
+        self.finish(ctx)
+        return dropped
+
     def finish(self, ctx: int) -> None:
+        self.stream = self.streams.get(ctx)
         self._call("proxy_on_done", ctx)
         self._call("proxy_on_log", ctx)
         self._call("proxy_on_delete", ctx)
+        self.streams.pop(ctx, None)
         self.stream = None
 
 
