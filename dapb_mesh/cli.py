@@ -146,10 +146,17 @@ def policy_explain(
             "--confidence", help="Confidence of --predicted-bytes, 0..1.", callback=_finite("--confidence", 0, 1)
         ),
     ] = 1.0,
+    offered: Annotated[
+        float | None,
+        typer.Option(
+            "--offered-bytes-per-s", help="Offered load of the traffic: decides the enforcer (kernel or filter)."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Show the decision for given conditions: B(t), T(t), the bound the kernel enforces, E(t), and why."""
+    """Show the decision for given conditions: B(t), T(t), the bound actually enforced, E(t), which enforcer
+    (kernel Nagle + delayed-ACK bound, or the sidecar filter's timed hold) and why."""
     settings = _settings(config)
     cond = Conditions(rtt_ms=rtt_ms, loss=loss, jitter_ms=jitter_ms)
     prediction = None if predicted_bytes is None else Prediction(buffer_bytes=predicted_bytes, confidence=confidence)
@@ -161,6 +168,7 @@ def policy_explain(
         urgency=urgency,
         use_predictor=predicted_bytes is not None,
         prediction=prediction,
+        offered_bytes_per_s=offered,
     )
     if as_json:
         print(json.dumps(decision.as_dict(), indent=2))

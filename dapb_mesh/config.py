@@ -145,6 +145,8 @@ class KernelConfig(_Strict):
     """TCP_BPF_DELACK_MAX measured one tick looser than TCP_BPF_RTO_MIN for the same request here."""
     tick_ms: Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(gt=0)] = 4.0
     """One jiffy: bounds are enforced in these steps."""
+    mss_bytes: Bytes = 1448
+    """Segment payload on the mesh's links (1500 B MTU with TCP timestamps)."""
     bpffs: Path = Path("/sys/fs/bpf")
     cgroup2_root: Path = Path("/sys/fs/cgroup/unified")
 

@@ -223,3 +223,16 @@ def test_loss_window_forgets_old_losses():
     for i in range(2, 12):
         est = est.observe(cfg, rtt_ms=1, sent_total=1000 * i, retrans_total=100)
     assert est.conditions().loss < 0.04
+
+
+def test_enforcer_is_the_filter_when_the_kernel_cannot_fill_segments_within_its_bound():
+    cond = Conditions(0.1, 0.0, 0.0)
+    low = decide(cond, Sensitivity.THROUGHPUT, P, K, offered_bytes_per_s=1000 * 64)
+    high = decide(cond, Sensitivity.THROUGHPUT, P, K, offered_bytes_per_s=10_000 * 64)
+    unknown = decide(cond, Sensitivity.THROUGHPUT, P, K)
+    assert low.knobs.enforcer == "filter" and low.knobs.nodelay and low.enforced_timeout_ms == low.timeout_ms
+    assert "the filter holds" in low.reason
+    assert high.knobs.enforcer == "kernel" and not high.knobs.nodelay
+    assert unknown.knobs.enforcer == "kernel"
+    latency = decide(cond, Sensitivity.LATENCY, P, K, offered_bytes_per_s=64)
+    assert latency.knobs.enforcer == "none"

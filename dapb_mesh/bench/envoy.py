@@ -9,8 +9,10 @@ leave the client pod, so app-to-sidecar loopback traffic is not mixed in.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun
@@ -20,6 +22,7 @@ from dapb_mesh.config import ClassRule, Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
+from dapb_mesh.mesh.virtualservice import plugin_config, urgencies
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
@@ -29,6 +32,41 @@ ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT, "req-resp": Sensitivi
 """stream-small: small messages on one HTTP/2 stream; req-resp: 1 KiB answers at a fixed rate over 2 connections
 (Istio's own benchmark shape), in the auto class."""
 SOL_IP, IP_TOS = 0, 1
+
+
+WASM = Path(__file__).resolve().parents[2] / "wasm_filter" / "dapb_filter.wasm"
+DSCP_AUTO = 18  # AF21 on the default cluster: only so that tc can count auto-class traffic
+
+
+def bench_virtual_service(sensitivity: Sensitivity) -> dict:
+    """svc-b's routes for the bench: /stream in the scenario's class, everything else auto."""
+    urgency = {Sensitivity.THROUGHPUT: "throughput", Sensitivity.LATENCY: "latency"}.get(sensitivity, "auto")
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {
+            "name": "svc-b",
+            "namespace": "default",
+            "annotations": {"dapb.io/route-urgency": f"stream: {urgency}"},
+        },
+        "spec": {
+            "hosts": ["svc-b"],
+            "http": [
+                {
+                    "name": "stream",
+                    "match": [{"uri": {"prefix": "/stream"}}],
+                    "route": [{"destination": {"host": "svc-b"}}],
+                },
+                {"name": "api", "route": [{"destination": {"host": "svc-b"}}]},
+            ],
+        },
+    }
+
+
+def filter_config(table, settings: Settings, hold: tuple[int, int]) -> str:
+    cfg = json.loads(plugin_config(table, settings.policy.u_threshold, 0.3, 0.4))
+    cfg["hold_bytes"], cfg["hold_ms"] = hold
+    return json.dumps(cfg)
 
 
 def _rr_run(r: dict) -> RawRun:
@@ -88,15 +126,34 @@ def run_envoy(
         for m in modes
     }
     progress(f"bringing up the {arch} mesh")
-    # A fresh sidecar-to-sidecar connection per run, so each mode's sockets are classified at establishment.
+    # The mesh integration in full: the Wasm filter classes requests by route (stream: the scenario's class),
+    # class routes lead to clusters whose sockets carry the class's DSCP. The default cluster is marked AF21 so
+    # that tc can count auto-class traffic too. A fresh sidecar-to-sidecar connection per run, so each mode's
+    # sockets are classified at establishment.
+    vs = bench_virtual_service(sensitivity)
+    table, _ = urgencies(vs)
     mesh = Mesh(
         arch,
         plaintext=plaintext,
         kernel=settings.kernel,
-        upstream_socket_options={"": [tos_option(dscp)]},
+        routes=ec.class_routes([vs]),
+        upstream_socket_options={**ec.class_socket_options(), "": [tos_option(DSCP_AUTO)]},
         requests_per_connection=1,
         pin_cpus=True,
+        wasm_filter=WASM,
+        wasm_config=filter_config(table, settings, (0, 0)),
     )
+    dscp = L.DSCP_THROUGHPUT if sensitivity is Sensitivity.THROUGHPUT else DSCP_AUTO
+    pushed = {"hold": (0, 0)}
+
+    def before_run(p) -> None:
+        """Give the filter the mode's hold (B, T) when its enforcer is the filter; none otherwise."""
+        if p.filter_hold != pushed["hold"]:
+            config = filter_config(table, settings, p.filter_hold)
+            mesh.update_routes(mesh.routes, f"hold-{p.filter_hold[0]}-{p.filter_hold[1]}", config)
+            mesh.wait_for_listener_config(rf"hold_bytes\W+{p.filter_hold[0]}\b")
+            pushed["hold"] = p.filter_hold
+
     with mesh, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
@@ -153,6 +210,7 @@ def run_envoy(
                 count_dscps=(dscp,),
                 attach_cgroups=[p.container("sidecar") for p in mesh.pods],
                 agent_factory=make_agent,
+                before_run=before_run,
             )
         finally:
             dp.destroy()

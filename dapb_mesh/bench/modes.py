@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dapb_mesh.config import Settings
@@ -31,10 +32,18 @@ class ModePlan:
     agent: bool = False  # the node agent attaches and decides; the bench's own instance stays detached
 
     @property
+    def filter_hold(self) -> tuple[int, int]:
+        """(hold_bytes, hold_ms) for the sidecar filter: (0, 0) unless the decision's enforcer is the filter."""
+        d = self.decision
+        if d is None or d.knobs.enforcer != "filter":
+            return (0, 0)
+        return (d.buffer_bytes, max(1, math.floor(d.timeout_ms)))  # never hold past T(t)
+
+    @property
     def bound_ms(self) -> float | None:
         """The bound on any added wait this mode enforces: 0 when it holds nothing, None when unbounded."""
         if self.decision is not None:
-            return self.decision.enforced_timeout_ms or 0.0
+            return self.decision.enforced_timeout_ms or 0.0  # the filter's T, or the kernel's T_eff
         return None if any(p.flags & L.F_NAGLE for p in self.policies.values()) else 0.0
 
 
@@ -79,6 +88,7 @@ def plan(
             settings.kernel,
             use_predictor=prediction is not None,
             prediction=prediction,
+            offered_bytes_per_s=load_bytes_per_s or None,
         )
         policy = L.class_policy(decision, settings.kernel)
         policies = {cls: policy, L.CLASS_RECEIVER: L.receiver_policy([policy])}

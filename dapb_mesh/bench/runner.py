@@ -51,6 +51,7 @@ def run_modes(
     count_dscps: range | tuple[int, ...] = range(64),
     attach_cgroups: list[Path] | None = None,
     agent_factory: Callable[[], Agent] | None = None,
+    before_run: Callable[[ModePlan], None] = lambda _plan: None,
 ) -> dict[str, dict]:
     """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics.
 
@@ -74,6 +75,7 @@ def run_modes(
             attached = p.attach
             dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
             progress(f"{label} [{rep + 1}/{repeats}] {mode}")
+            before_run(p)
             agent = _start_agent(agent_factory) if p.agent else None
             timed = agent.datapath if agent is not None else dp
             cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(timed)
@@ -94,6 +96,8 @@ def run_modes(
     relate(result)
     for mode, metrics in result.items():
         metrics["enforced_bound_ms"] = plans[mode].bound_ms  # None: unbounded
+        decision = plans[mode].decision
+        metrics["enforcer"] = decision.knobs.enforcer if decision is not None else None
     if agents:
         result["agent"]["agent"] = agents[-1]
     return result

@@ -316,6 +316,19 @@ class Mesh:
                 ec.node_id(sidecar.spec), Snapshot.build(version, ec.resources(sidecar.spec))
             )
 
+    def wait_for_listener_config(self, pattern: str, timeout_s: float = 10.0) -> None:
+        """Wait until every sidecar's active listeners match ``pattern`` (a pushed filter configuration)."""
+        import re
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dumps = [s.get("/config_dump?resource=dynamic_listeners") for s in self.sidecars]
+            if all(re.search(pattern, d) for d in dumps):
+                time.sleep(0.3)  # the new listener may still be warming; new connections reach it after
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"sidecars did not apply the new listener configuration ({pattern}) in {timeout_s}s")
+
     def down(self) -> None:
         from pyroute2 import netns
 
