@@ -349,74 +349,37 @@ class Mesh:
         owners.release(f"pods-{self.run_id}")
 
     # -- workloads -------------------------------------------------------------------------------------------
-    def stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:
-        """stream-small: the client app streams ``count`` messages at ``rate`` to the server service."""
+    def _client_app(self, role: str, timeout_s: float, **options: object) -> dict:
+        """Run the app client (`apps.py ROLE`) in the client pod against the server service; its JSON answer."""
         svc = self.server_service
-        proc = self.client_pod.popen(
-            [
-                sys.executable,
-                "-m",
-                "dapb_mesh.testbed.apps",
-                "client",
-                "--host",
-                svc.addresses[0],
-                "--port",
-                str(svc.port),
-                "--authority",
-                f"{svc.name}:{svc.port}",
-                "--rate",
-                str(rate),
-                "--count",
-                str(count),
-                "--size",
-                str(size),
-                "--timeout",
-                str(timeout_s),
-            ],
-            container="app",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        argv = [
+            sys.executable,
+            "-m",
+            "dapb_mesh.testbed.apps",
+            role,
+            "--host",
+            svc.addresses[0],
+            "--port",
+            str(svc.port),
+            "--authority",
+            f"{svc.name}:{svc.port}",
+            "--timeout",
+            str(timeout_s),
+        ]
+        for key, value in options.items():
+            argv += [f"--{key}", str(value)]
+        proc = self.client_pod.popen(argv, container="app", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=timeout_s)
         if proc.returncode:
-            raise RuntimeError(f"stream client failed: {err[-2000:]}")
+            raise RuntimeError(f"{role} client failed: {err[-2000:]}")
         return json.loads(out)
+
+    def stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:
+        """stream-small: the client app streams ``count`` messages at ``rate`` to the server service."""
+        return self._client_app("client", timeout_s, rate=rate, count=count, size=size)
 
     def request_response(
         self, rate: float, count: int, size: int = 1024, connections: int = 2, timeout_s: float = 120.0
     ) -> dict:
         """Requests for ``size``-byte responses at ``rate`` per second over ``connections`` connections."""
-        svc = self.server_service
-        proc = self.client_pod.popen(
-            [
-                sys.executable,
-                "-m",
-                "dapb_mesh.testbed.apps",
-                "rr",
-                "--host",
-                svc.addresses[0],
-                "--port",
-                str(svc.port),
-                "--authority",
-                f"{svc.name}:{svc.port}",
-                "--rate",
-                str(rate),
-                "--count",
-                str(count),
-                "--size",
-                str(size),
-                "--connections",
-                str(connections),
-                "--timeout",
-                str(timeout_s),
-            ],
-            container="app",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        out, err = proc.communicate(timeout=timeout_s)
-        if proc.returncode:
-            raise RuntimeError(f"request/response client failed: {err[-2000:]}")
-        return json.loads(out)
+        return self._client_app("rr", timeout_s, rate=rate, count=count, size=size, connections=connections)
