@@ -25,7 +25,7 @@ from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import ControlPlane, Snapshot
-from dapb_mesh.testbed.netns import PREFIX, Pod, _remove_cgroup, cleanup_stale
+from dapb_mesh.testbed.netns import PREFIX, Pod, _remove_cgroup, cleanup_stale, link_index
 from dapb_mesh.testbed.pki import TestbedCA
 
 ARCHS = ("inter-pod", "intra-pod")
@@ -247,13 +247,13 @@ class Mesh:
                 ipr.link("set", index=ipr.link_lookup(ifname=pod_if)[0], net_ns_fd=name)
                 ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], net_ns_fd=self.bridge_ns)
             with NetNS(name) as ns:
-                idx = ns.link_lookup(ifname=pod_if)[0]
+                idx = link_index(ns, pod_if)
                 ns.link("set", index=idx, ifname="eth0")
                 ns.addr("add", index=idx, address=pod.address, prefixlen=24)
                 ns.link("set", index=idx, state="up")
                 ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
             with NetNS(self.bridge_ns) as br:
-                idx = br.link_lookup(ifname=host_if)[0]
+                idx = link_index(br, host_if)
                 br.link("set", index=idx, master=br.link_lookup(ifname="br0")[0], state="up")
             _iptables(pod, capture_rules(APP_PORT))
         self.services = [

@@ -30,6 +30,18 @@ def _join_cgroup(cgroup: Path):
     return join
 
 
+def link_index(ns, ifname: str, timeout_s: float = 5.0) -> int:
+    """The index of an interface just moved into a namespace: the move can take a moment to show (seen in CI)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = ns.link_lookup(ifname=ifname)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"interface {ifname} did not appear in its namespace within {timeout_s}s")
+        time.sleep(0.01)
+
+
 @dataclass
 class Pod:
     """A network namespace and the cgroup its processes run in."""
@@ -121,7 +133,7 @@ class PodPair:
             with NetNS(pod.netns) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
                 ns.link("set", index=lo, state="up")
-                index = ns.link_lookup(ifname=pod.ifname)[0]
+                index = link_index(ns, pod.ifname)
                 ns.link("set", index=index, mtu=self.mtu)
                 ns.addr("add", index=index, address=pod.address, prefixlen=24)
                 ns.link("set", index=index, state="up")
