@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -440,6 +441,18 @@ class Agent:
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.reload())
+        agent_pid = os.getpid()
+
+        def only_here(action):
+            def handler(signum, _frame):
+                if os.getpid() != agent_pid:  # a helper process forked by a library: die as it expects
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
+                    return
+                action()
+
+            return handler
+
+        signal.signal(signal.SIGTERM, only_here(self._stop.set))
+        signal.signal(signal.SIGINT, only_here(self._stop.set))
+        signal.signal(signal.SIGHUP, only_here(self.reload))

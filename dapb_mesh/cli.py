@@ -529,6 +529,7 @@ def testbed_up(
 
     Prints the pods and the commands to send traffic through the sidecars (curl, wrk, h2load).
     """
+    import os
     import signal
     import time
 
@@ -539,7 +540,14 @@ def testbed_up(
     if arch not in ARCHS:
         raise typer.BadParameter(f"{arch!r}; choose from {', '.join(ARCHS)}", param_hint="--arch")
 
-    def stop(_signum, _frame):
+    runner = os.getpid()
+
+    def stop(signum, _frame):
+        # pyroute2 forks helper processes and stops them with SIGTERM: they must simply die, not unwind the mesh.
+        if os.getpid() != runner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)

@@ -122,17 +122,19 @@ def _helper_check(name: str, prog: ProgType, helper: FuncId) -> Callable[[], Che
 
 def check_clsact() -> Check:
     """Create a clsact qdisc in a throw-away network namespace (nothing on the host is touched)."""
-    from pyroute2 import NetNS, netns
+    from pyroute2 import NetNS
+
+    from dapb_mesh.testbed.netns import create_netns, remove_netns
 
     name = f"dapb-doctor-{uuid.uuid4().hex[:8]}"
-    netns.create(name)
+    create_netns(name)
     try:
         with NetNS(name) as ns:
             index = ns.link_lookup(ifname="lo")[0]
             ns.tc("add", "clsact", index)
             kinds = [q.get_attr("TCA_KIND") for q in ns.get_qdiscs(index=index)]
     finally:
-        netns.remove(name)
+        remove_netns(name)
     ok = "clsact" in kinds
     return Check("clsact", ok, "clsact qdisc created in a scratch netns" if ok else f"qdiscs: {kinds}")
 

@@ -25,7 +25,16 @@ from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import ControlPlane, Snapshot
-from dapb_mesh.testbed.netns import PREFIX, Pod, _remove_cgroup, cleanup_stale, link_index
+from dapb_mesh.testbed.netns import (
+    PREFIX,
+    Pod,
+    _remove_cgroup,
+    cleanup_stale,
+    create_netns,
+    link_index,
+    move_link,
+    remove_netns,
+)
 from dapb_mesh.testbed.pki import TestbedCA
 
 ARCHS = ("inter-pod", "intra-pod")
@@ -221,7 +230,7 @@ class Mesh:
         self.down()
 
     def up(self, progress=lambda _msg: None) -> None:
-        from pyroute2 import IPRoute, NetNS, netns
+        from pyroute2 import IPRoute, NetNS
 
         for what in cleanup_stale(self.kernel) + cleanup_stale_meshes():
             progress(f"removed stale {what}")
@@ -230,7 +239,7 @@ class Mesh:
         self.workdir.chmod(0o755)
         n = 1 if self.arch == "intra-pod" else 2
         progress(f"creating {n} pod(s)")
-        netns.create(self.bridge_ns)
+        create_netns(self.bridge_ns)
         with NetNS(self.bridge_ns) as br:
             br.link("add", ifname="br0", kind="bridge")
             br.link("set", index=br.link_lookup(ifname="br0")[0], state="up")
@@ -238,14 +247,14 @@ class Mesh:
             name = f"{PREFIX}{self.run_id}-{chr(ord('a') + i)}"
             cgroup = self.kernel.cgroup2_root / name
             cgroup.mkdir()
-            netns.create(name)
+            create_netns(name)
             pod = Pod(name, name, cgroup, f"{self.subnet}.{i + 1}", "eth0")
             self.pods.append(pod)
             host_if, pod_if = f"v{self.run_id}{i}", f"p{self.run_id}{i}"  # unique even while in the root netns
             with IPRoute() as ipr:
                 ipr.link("add", ifname=pod_if, kind="veth", peer=host_if)
-                ipr.link("set", index=ipr.link_lookup(ifname=pod_if)[0], net_ns_fd=name)
-                ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], net_ns_fd=self.bridge_ns)
+            move_link(pod_if, name)
+            move_link(host_if, self.bridge_ns)
             with NetNS(name) as ns:
                 idx = link_index(ns, pod_if)
                 ns.link("set", index=idx, ifname="eth0")
@@ -330,7 +339,6 @@ class Mesh:
         raise TimeoutError(f"sidecars did not apply the new listener configuration ({pattern}) in {timeout_s}s")
 
     def down(self) -> None:
-        from pyroute2 import netns
 
         for pod in self.pods:
             pod.stop()
@@ -339,10 +347,10 @@ class Mesh:
             self.control_plane = None
         for pod in self.pods:
             with suppress(Exception):
-                netns.remove(pod.netns)
+                remove_netns(pod.netns)
             _remove_cgroup(pod.cgroup)
         with suppress(Exception):
-            netns.remove(self.bridge_ns)
+            remove_netns(self.bridge_ns)
         self.pods.clear()
         self.sidecars.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)

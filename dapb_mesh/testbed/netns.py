@@ -30,6 +30,36 @@ def _join_cgroup(cgroup: Path):
     return join
 
 
+def create_netns(name: str) -> None:
+    """`ip netns add`: synchronous, and checked (pyroute2's forked creation once left no namespace behind)."""
+    done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if done.returncode or not Path(f"/run/netns/{name}").exists():
+        raise RuntimeError(f"cannot create network namespace {name}: {done.stderr.strip()}")
+
+
+def remove_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+def move_link(ifname: str, netns_name: str, attempts: int = 3) -> int:
+    """Move an interface from this namespace into ``netns_name`` and return its index there.
+
+    Verified, and retried: once in CI a move did not take effect (the interface stayed behind)."""
+    from pyroute2 import IPRoute, NetNS
+
+    for _ in range(attempts):
+        with IPRoute() as ipr:
+            here = ipr.link_lookup(ifname=ifname)
+            if here:
+                ipr.link("set", index=here[0], net_ns_fd=netns_name)
+        with NetNS(netns_name) as ns:
+            try:
+                return link_index(ns, ifname, timeout_s=1.0)
+            except RuntimeError:
+                continue
+    raise RuntimeError(f"could not move interface {ifname} into netns {netns_name}")
+
+
 def link_index(ns, ifname: str, timeout_s: float = 5.0) -> int:
     """The index of an interface just moved into a namespace: the move can take a moment to show (seen in CI)."""
     deadline = time.monotonic() + timeout_s
@@ -115,20 +145,19 @@ class PodPair:
         return self.pods[1]
 
     def _create(self) -> None:
-        from pyroute2 import IPRoute, NetNS, netns
+        from pyroute2 import IPRoute, NetNS
 
         names = [f"{PREFIX}{self.run_id}-a", f"{PREFIX}{self.run_id}-b"]
         ifnames = [f"da{self.run_id}", f"db{self.run_id}"]
         for i, name in enumerate(names):
             cgroup = self.kernel.cgroup2_root / name
             cgroup.mkdir()
-            netns.create(name)
+            create_netns(name)
             self.pods.append(Pod(name, name, cgroup, f"{self.subnet}.{i + 1}", ifnames[i]))
         with IPRoute() as ipr:
             ipr.link("add", ifname=ifnames[0], kind="veth", peer=ifnames[1])
-            for i, name in enumerate(names):
-                index = ipr.link_lookup(ifname=ifnames[i])[0]
-                ipr.link("set", index=index, net_ns_fd=name)
+        for i, name in enumerate(names):
+            move_link(ifnames[i], name)
         for pod in self.pods:
             with NetNS(pod.netns) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
@@ -139,13 +168,12 @@ class PodPair:
                 ns.link("set", index=index, state="up")
 
     def close(self) -> None:
-        from pyroute2 import netns
 
         for pod in self.pods:
             pod.stop()
         for pod in self.pods:
             with suppress(Exception):
-                netns.remove(pod.netns)
+                remove_netns(pod.netns)
             _remove_cgroup(pod.cgroup)
         self.pods.clear()
         owners.release(f"pods-{self.run_id}")
@@ -154,21 +182,21 @@ class PodPair:
 @contextmanager
 def scratch_pod(kernel: KernelConfig | None = None, label: str = "scratch"):
     """One throw-away pod (netns with lo up + cgroup), removed on exit."""
-    from pyroute2 import NetNS, netns
+    from pyroute2 import NetNS
 
     kernel = kernel or KernelConfig()
     name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
     pod = Pod(name, name, kernel.cgroup2_root / name, "127.0.0.1", "lo")
     pod.cgroup.mkdir()
     try:
-        netns.create(name)
+        create_netns(name)
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         yield pod
     finally:
         pod.stop()
         with suppress(Exception):
-            netns.remove(name)
+            remove_netns(name)
         _remove_cgroup(pod.cgroup)
 
 
@@ -205,7 +233,7 @@ def remove_run(run_id: str, kernel: KernelConfig | None = None) -> list[str]:
     for name in netns.listnetns():
         if name.startswith(stem):
             with suppress(Exception):
-                netns.remove(name)
+                remove_netns(name)
                 removed.append(f"netns {name}")
     return removed
 
