@@ -70,21 +70,12 @@ def filter_config(table, settings: Settings, hold: tuple[int, int]) -> str:
 
 
 def _rr_run(r: dict) -> RawRun:
-    lat = r["latency_ms"]
-    return RawRun(
+    return RawRun.from_delays(
+        r["latency_ms"],
         messages=r["requests"],
         bytes_sent=r["expected_bytes"],
         bytes_received=r["bytes"],
-        data_segments=-1,
-        small_segments=0,
-        delay_p50_ms=lat["p50"],
-        delay_p99_ms=lat["p99"],
-        delay_max_ms=lat["max"],
-        delay_mean_ms=lat["mean"],
-        delay_hist_us=lat["hist_us"],
         elapsed_s=r["elapsed_s"],
-        cpu_seconds=0.0,
-        mss=1448,
     )
 
 
@@ -167,21 +158,12 @@ def run_envoy(
                 if scenario == "req-resp":
                     return _rr_run(mesh.request_response(rate, count, size=max(msg_size, 1024)))
                 r = mesh.stream(rate, count, msg_size)
-                s = r["server"]
-                return RawRun(
+                return RawRun.from_delays(  # segments: counted by tc at the class's DSCP
+                    r["server"]["delay_ms"],
                     messages=count,
                     bytes_sent=r["bytes_sent"],
-                    bytes_received=s["bytes"],
-                    data_segments=-1,  # counted by tc at the class's DSCP
-                    small_segments=0,
-                    delay_p50_ms=s["delay_ms"]["p50"],
-                    delay_p99_ms=s["delay_ms"]["p99"],
-                    delay_max_ms=s["delay_ms"]["max"],
-                    delay_mean_ms=s["delay_ms"]["mean"],
-                    delay_hist_us=s["delay_ms"]["hist_us"],
+                    bytes_received=r["server"]["bytes"],
                     elapsed_s=r["elapsed_s"],
-                    cpu_seconds=0.0,
-                    mss=1448,
                 )
 
             def make_agent() -> Agent:

@@ -43,6 +43,36 @@ class RawRun:
     ebpf_ns: int = 0  # run time of the DAPB programs during the run, measured by the kernel
     delay_hist_us: list[int] | None = None  # log2 bins of tcpwork.HIST_EDGES_US
 
+    @classmethod
+    def from_delays(
+        cls,
+        delay: dict,
+        *,
+        messages: int,
+        bytes_sent: int,
+        bytes_received: int,
+        elapsed_s: float,
+        data_segments: int = -1,
+        mss: int = 1448,
+    ) -> RawRun:
+        """A run from a workload's delay summary (tcpwork._percentiles). data_segments -1: the runner counts
+        them with tc; small segments, CPU and program time are filled by the runner too."""
+        return cls(
+            messages=messages,
+            bytes_sent=bytes_sent,
+            bytes_received=bytes_received,
+            data_segments=data_segments,
+            small_segments=0,
+            delay_p50_ms=delay["p50"],
+            delay_p99_ms=delay["p99"],
+            delay_max_ms=delay["max"],
+            delay_mean_ms=delay["mean"],
+            delay_hist_us=delay["hist_us"],
+            elapsed_s=elapsed_s,
+            cpu_seconds=0.0,
+            mss=mss,
+        )
+
 
 def summarize(run: RawRun) -> dict[str, float]:
     """Metrics that need only this run; the ones relative to baseline are filled by ``relate``."""

@@ -50,19 +50,13 @@ def _to_raw(scn: RawScenario, r: HopResult, count: int, size: int) -> RawRun:
     else:
         delay = r.client["exchange_ms" if scn.mode == "wwr" else "rtt_ms"]
         sent = received = count * size
-    return RawRun(
+    return RawRun.from_delays(
+        delay,
         messages=count,
         bytes_sent=sent,
         bytes_received=received,
-        data_segments=r.client["data_segs_out"],
-        small_segments=0,
-        delay_p50_ms=delay["p50"],
-        delay_p99_ms=delay["p99"],
-        delay_max_ms=delay["max"],
-        delay_mean_ms=delay["mean"],
-        delay_hist_us=delay["hist_us"],
         elapsed_s=r.client["elapsed_s"],
-        cpu_seconds=0.0,  # filled by the runner
+        data_segments=r.client["data_segs_out"],
         mss=r.client.get("mss") or 1448,
     )
 
