@@ -251,35 +251,23 @@ def test_missing_object_is_refused_clearly(tmp_path):
 
 def test_raw_bench_json_has_every_contract_metric(tmp_path):
     """`dapb bench --arch raw` end to end: every mode side by side, the contract fields, nothing lost."""
-    import json
+    from cli_run import bench_json
 
     from dapb_mesh.bench.metrics import CONTRACT_FIELDS
 
     out = tmp_path / "raw.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapb_mesh.cli",
-            "bench",
-            "--arch",
-            "raw",
-            "--scenario",
-            "stream-small",
-            "--modes",
-            "baseline,passthrough,nagle,dapb",
-            "--quick",
-            "--rate",
-            "10000",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    modes = json.loads(out.read_text())["modes"]
+    modes = bench_json(
+        out,
+        "--arch",
+        "raw",
+        "--scenario",
+        "stream-small",
+        "--modes",
+        "baseline,passthrough,nagle,dapb",
+        "--quick",
+        "--rate",
+        "10000",
+    )["modes"]
     for name in ("baseline", "passthrough", "nagle", "dapb"):
         assert set(CONTRACT_FIELDS) <= modes[name].keys() and modes[name]["lost_bytes"] == 0
     assert modes["dapb"]["data_segments"] <= 0.15 * modes["baseline"]["data_segments"]

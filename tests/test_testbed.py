@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_run import bench_json
 
 from dapb_mesh.bench.metrics import CONTRACT_FIELDS
 from dapb_mesh.testbed import envoy_config as ec
@@ -102,32 +103,21 @@ def test_real_http_clients_work_through_the_sidecars(mesh):
 
 def test_bench_inter_pod_quick_json_has_every_contract_metric(tmp_path):
     out = tmp_path / "out.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapb_mesh.cli",
-            "bench",
-            "--scenario",
-            "stream-small",
-            "--modes",
-            "baseline,nagle,dapb",
-            "--arch",
-            "inter-pod",
-            "--quick",
-            "--repeat",
-            "3",  # medians of three interleaved runs: one noisy run on a busy CI machine decides nothing
-            "--json",
-            str(out),
-            "--report",
-            str(tmp_path / "report"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = bench_json(
+        out,
+        "--scenario",
+        "stream-small",
+        "--modes",
+        "baseline,nagle,dapb",
+        "--arch",
+        "inter-pod",
+        "--quick",
+        "--repeat",
+        "3",
+        "--report",
+        str(tmp_path / "report"),
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
+    # --repeat 3: medians of three interleaved runs; one noisy run on a busy CI machine decides nothing
     assert result["scenario"] == "stream-small" and result["arch"] == "inter-pod"
     for mode in ("baseline", "nagle", "dapb"):
         assert set(CONTRACT_FIELDS) <= result["modes"][mode].keys()
@@ -185,30 +175,13 @@ def test_filter_in_envoy_sends_classes_on_connections_with_their_dscp(tmp_path):
     import time
     import uuid
 
+    from test_companion import vs_doc
+
     from dapb_mesh.kernel.datapath import Datapath
     from dapb_mesh.mesh.companion import Companion
     from dapb_mesh.mesh.virtualservice import RouteUrgency, plugin_config
 
-    vs = {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {
-            "name": "svc-b",
-            "namespace": "default",
-            "annotations": {"dapb.io/route-urgency": "telemetry: throughput"},
-        },
-        "spec": {
-            "hosts": ["svc-b"],
-            "http": [
-                {
-                    "name": "telemetry",
-                    "match": [{"uri": {"prefix": "/telemetry"}}],
-                    "route": [{"destination": {"host": "svc-b"}}],
-                },
-                {"name": "api", "route": [{"destination": {"host": "svc-b"}}]},
-            ],
-        },
-    }
+    vs = vs_doc("telemetry: throughput")
     vs_dir = tmp_path / "vs"
     vs_dir.mkdir()
     (vs_dir / "svc-b.yaml").write_text(json.dumps(vs))
@@ -285,30 +258,18 @@ def test_impairment_parsing_names_the_bad_item():
 
 def test_bench_with_loss_and_a_bottleneck_loses_no_byte(tmp_path):
     out = tmp_path / "imp.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapb_mesh.cli",
-            "bench",
-            "--scenario",
-            "stream-small",
-            "--modes",
-            "baseline,dapb",
-            "--arch",
-            "inter-pod",
-            "--quick",
-            "--impair",
-            "loss=1%,rate=20mbit",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = bench_json(
+        out,
+        "--scenario",
+        "stream-small",
+        "--modes",
+        "baseline,dapb",
+        "--arch",
+        "inter-pod",
+        "--quick",
+        "--impair",
+        "loss=1%,rate=20mbit",
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(out.read_text())
     assert result["impairment"] == "loss 1.00%, bottleneck 20 Mbit/s, queue 20 ms"
     assert all(m["lost_bytes"] == 0 for m in result["modes"].values())
 
@@ -317,30 +278,18 @@ def test_request_response_through_sidecars_dapb_leaves_api_traffic_alone(tmp_pat
     """Istio-benchmark shape (1 KiB answers, 1,000 qps, 2 connections) in the auto class: global Nagle stalls
     every exchange on the delayed ACK; DAPB's formula holds nothing on a hop this short."""
     out = tmp_path / "rr.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapb_mesh.cli",
-            "bench",
-            "--scenario",
-            "req-resp",
-            "--modes",
-            "baseline,nagle,dapb",
-            "--arch",
-            "inter-pod",
-            "--quick",
-            "--rate",
-            "1000",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    modes = json.loads(out.read_text())["modes"]
+    modes = bench_json(
+        out,
+        "--scenario",
+        "req-resp",
+        "--modes",
+        "baseline,nagle,dapb",
+        "--arch",
+        "inter-pod",
+        "--quick",
+        "--rate",
+        "1000",
+    )["modes"]
     assert all(m["lost_bytes"] == 0 and m["messages"] == 1000 for m in modes.values())
     assert modes["nagle"]["latency_p50_ms"] > 30
     assert modes["dapb"]["enforced_bound_ms"] == 0 and modes["dapb"]["latency_p50_ms"] < 10
@@ -349,32 +298,21 @@ def test_request_response_through_sidecars_dapb_leaves_api_traffic_alone(tmp_pat
 def test_filter_aggregates_a_1000_msg_per_s_stream_where_the_kernel_cannot(tmp_path):
     """Through two Envoys: at 1,000 msg/s the policy picks the filter; it cuts segments tenfold and loses nothing."""
     out = tmp_path / "f.json"
-    env = {**__import__("os").environ, "DAPB_POLICY__T_BASE_MS": "10", "DAPB_POLICY__STATIC_TIMEOUT_MS": "10"}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dapb_mesh.cli",
-            "bench",
-            "--scenario",
-            "stream-small",
-            "--modes",
-            "baseline,dapb",
-            "--arch",
-            "inter-pod",
-            "--quick",
-            "--rate",
-            "1000",
-            "--json",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    env = {"DAPB_POLICY__T_BASE_MS": "10", "DAPB_POLICY__STATIC_TIMEOUT_MS": "10"}
+    result = bench_json(
+        out,
+        "--scenario",
+        "stream-small",
+        "--modes",
+        "baseline,dapb",
+        "--arch",
+        "inter-pod",
+        "--quick",
+        "--rate",
+        "1000",
         env=env,
     )
-    assert run.returncode == 0, run.stderr[-3000:]
-    base, dapb = (json.loads(out.read_text())["modes"][m] for m in ("baseline", "dapb"))
+    base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
     assert dapb["enforcer"] == "filter" and base["lost_bytes"] == dapb["lost_bytes"] == 0
     assert dapb["data_segments"] <= 0.15 * base["data_segments"]
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + dapb["enforced_bound_ms"] + 5

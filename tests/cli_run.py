@@ -1,0 +1,20 @@
+"""Run `dapb bench` as a user would and return its JSON result (shared by the end-to-end bench tests)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def bench_json(out: Path, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300) -> dict:
+    """`dapb bench ARGS --json OUT`; fails the test with the tail of stderr when the command fails."""
+    run = subprocess.run(
+        [sys.executable, "-m", "dapb_mesh.cli", "bench", *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(out.read_text())
