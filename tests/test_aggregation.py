@@ -6,7 +6,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dapb_mesh.mesh.wasm_host import ACTION_CONTINUE, ACTION_PAUSE, ProxyWasmHost
+from dapb_mesh.mesh.wasm_host import ACTION_CONTINUE, ACTION_PAUSE, STREAM_REQUEST, STREAM_RESPONSE, ProxyWasmHost
 
 WASM = Path(__file__).resolve().parents[1] / "wasm_filter" / "dapb_filter.wasm"
 
@@ -41,16 +41,117 @@ def test_holds_until_b_bytes_then_releases_one_write():
     assert [len(w) for _, w in s.forwarded] == [256]
 
 
-def test_oldest_byte_never_waits_past_t():
+def test_oldest_byte_goes_at_the_last_tick_before_t():
     h = host(hold_bytes=10_000, hold_ms=10)
     ctx, s = open_stream(h)
     h.request_body(ctx, b"a" * 64)  # arrives at t=0
-    for _ in range(9):
+    for _ in range(8):
         h.tick(1)
     assert s.forwarded == []
-    h.tick(1)  # t = 10 ms
-    assert [(t // 1_000_000, len(w)) for t, w in s.forwarded] == [(10, 64)]
+    h.tick(1)  # t = 9 ms: the next 1 ms tick would be at T
+    assert [(t // 1_000_000, len(w)) for t, w in s.forwarded] == [(9, 64)]
     assert h.tick_period_ms == 1
+
+
+def test_late_ticks_still_release_before_t():
+    """Envoy ticks every 3-4.5 ms when asked for 1 ms: the filter learns the interval and releases early enough."""
+    h = host(hold_bytes=10_000, hold_ms=50)
+    ctx, s = open_stream(h)
+    arrivals = []  # (time, first byte offset) of each 10-byte chunk
+    for step in range(200):  # ticks every 4.5 ms, a chunk every 45 ms
+        if step % 10 == 0:
+            arrivals.append(h.now_ns)
+            h.request_body(ctx, b"c" * 10)
+        h.tick(4.5)
+    waits, offset = [], 0
+    for t, write in s.forwarded:
+        waits.append((t - arrivals[offset // 10]) / 1e6)
+        offset += len(write)
+    assert offset == 10 * len(arrivals)
+    assert max(waits) <= 50 and min(waits) >= 50 - 2 * 4.5 - 1  # held close to T, never past it
+
+
+def test_response_bodies_are_held_and_released_too():
+    h = host(hold_bytes=200, hold_ms=10)
+    ctx, s = open_stream(h)
+    assert h.response_headers(ctx, {":status": "200"}) == ACTION_CONTINUE
+    assert [h.response_body(ctx, b"r" * 64) for _ in range(3)] == [ACTION_PAUSE] * 3
+    assert h.response_body(ctx, b"r" * 64) == ACTION_CONTINUE
+    assert [len(w) for _, w in s.returned] == [256] and s.forwarded == []
+    h.response_body(ctx, b"t" * 8)
+    assert h.response_body(ctx, b"", end_of_stream=True) == ACTION_CONTINUE
+    assert [len(w) for _, w in s.returned] == [256, 8]
+
+
+def test_trailers_release_what_is_held():
+    h = host(hold_bytes=10_000)
+    ctx, s = open_stream(h)
+    h.request_body(ctx, b"g" * 30)
+    assert h.trailers(ctx, STREAM_REQUEST) == ACTION_CONTINUE
+    h.response_body(ctx, b"h" * 30)
+    assert h.trailers(ctx, STREAM_RESPONSE) == ACTION_CONTINUE
+    assert [w for _, w in s.forwarded] == [b"g" * 30] and [w for _, w in s.returned] == [b"h" * 30]
+
+
+def test_an_urgent_message_goes_at_once_with_everything_before_it():
+    h = host(hold_bytes=10_000, urgent_prefix="!ALARM")
+    ctx, s = open_stream(h)
+    assert h.request_body(ctx, b"routine-1") == ACTION_PAUSE
+    assert h.request_body(ctx, b"routine-!ALARM-not-at-start") == ACTION_PAUSE
+    assert h.request_body(ctx, b"!ALARM: disk full") == ACTION_CONTINUE
+    assert [w for _, w in s.forwarded] == [b"routine-1routine-!ALARM-not-at-start!ALARM: disk full"]
+
+
+def test_grpc_messages_are_checked_after_their_five_byte_header():
+    h = host(hold_bytes=10_000, urgent_prefix="!")
+    ctx, s = open_stream(h, headers={"content-type": "application/grpc+proto"})
+    frame = b"\x00\x00\x00\x00\x04"
+    assert h.request_body(ctx, frame + b"calm") == ACTION_PAUSE
+    assert h.request_body(ctx, b"!" + b"\x00\x00\x00\x04" + b"calm") == ACTION_PAUSE  # '!' is a header byte here
+    assert h.request_body(ctx, frame[:4] + b"\x05" + b"!help") == ACTION_CONTINUE
+    assert len(s.forwarded) == 1
+
+
+def test_a_hold_stays_under_half_the_proxy_buffer_limit():
+    """Envoy adds each chunk to its buffer before asking the filter and answers 413 past the limit."""
+    h = host(hold_bytes=60_000, buffer_limit_bytes=4096)
+    ctx, s = open_stream(h)
+    actions = [h.request_body(ctx, b"b" * 500) for _ in range(10)]
+    assert actions[:4] == [ACTION_PAUSE] * 4 and actions[4] == ACTION_CONTINUE  # 2500 B >= 4096 / 2
+    assert all(len(w) <= 4096 // 2 + 500 for _, w in s.forwarded)
+
+
+def test_unary_requests_pass_untouched():
+    h = host()
+    ctx, s = open_stream(h)
+    assert h.request_body(ctx, b"one message", end_of_stream=True) == ACTION_CONTINUE
+    assert [w for _, w in s.forwarded] == [b"one message"]
+
+
+def test_reconfiguration_leaves_open_streams_under_their_configuration():
+    """Envoy applies a new plugin configuration as a new root context in the same VM."""
+    h = host(hold_bytes=10_000, hold_ms=40)
+    old_ctx, old = open_stream(h)
+    h.request_body(old_ctx, b"o" * 10)
+    root, ok = h.reconfigure(
+        json.dumps({"hold_bytes": 10_000, "hold_ms": 10, "throughput_below": 0.3, "route:telemetry": 0.0}).encode()
+    )
+    assert ok and root != 1
+    new_ctx, new = open_stream(h)
+    h.request_body(new_ctx, b"n" * 10)
+    for _ in range(12):
+        h.tick(1)
+    assert [w for _, w in new.forwarded] == [b"n" * 10] and old.forwarded == []  # the old T (40 ms) still holds
+    h.delete_root(1)  # the old configuration goes: what it held goes on at once
+    assert [w for _, w in old.forwarded] == [b"o" * 10]
+
+
+def test_a_rejected_reconfiguration_holds_nothing_new():
+    h = host()
+    root, ok = h.reconfigure(b'{"hold_bytes": 100, "hold_ms": 0}')
+    assert not ok
+    ctx, s = open_stream(h)
+    assert h.request_body(ctx, b"x" * 10) == ACTION_CONTINUE
 
 
 def test_end_of_stream_releases_everything_in_order():
@@ -107,6 +208,7 @@ def test_no_byte_lost_reordered_or_held_past_t(chunks, hold_bytes, hold_ms):
         h.request_body(ctx, data)
     for _ in range(hold_ms + 1):
         h.tick(1)
+    h.request_body(ctx, b"", end_of_stream=True)
     out, offset = bytearray(), 0
     for t, write in s.forwarded:
         for arrived, start, _end in arrivals:

@@ -9,15 +9,20 @@
 // plugin configuration, otherwise the default. u > u_threshold -> latency; u < throughput_below -> throughput;
 // else auto (the header is removed so the default route applies).
 //
-// Timed aggregation (where the kernel cannot coalesce: low rates, short bounds): request body chunks of
-// throughput-class streams are held (PAUSE: Envoy buffers them) and released as one write when hold_bytes are
-// buffered, when the oldest held byte has waited hold_ms (checked on a 1 ms tick), at end of stream, or when an
-// urgent request arrives. hold_bytes = 0 turns it off. Envoy owns the buffered bytes: a reset or a drain is
-// Envoy's ordinary stream handling; the filter never drops, reorders or rewrites body bytes.
+// Timed aggregation (where the kernel cannot coalesce: low rates, short bounds): request and response body
+// chunks of throughput-class streams are held (PAUSE: Envoy buffers them) and released as one write when
+// hold_bytes are buffered (or half the proxy's buffer limit, so that the next chunk cannot overflow it), when
+// the oldest held byte would otherwise wait past hold_ms, at end of stream, on trailers, and at once on an
+// urgent message (a chunk that starts with urgent_prefix; after the 5-byte message header for gRPC).
+// hold_bytes = 0 turns it off. The host's tick comes late (Envoy: every 3-4.5 ms when 1 ms is asked for), so
+// a hold is released at the last tick that surely comes before the bound: the filter keeps the longest recent
+// tick interval and releases when age + that interval reaches hold_ms. Envoy owns the buffered bytes: a reset or
+// a drain is Envoy's ordinary stream handling; the filter never drops, reorders or rewrites body bytes.
 //
-// Plugin configuration (JSON, one flat object):
+// Plugin configuration (JSON, one flat object; each root context keeps its own, so a reconfiguration applies to
+// new streams while streams already held finish under the configuration they started with):
 //   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4, "hold_bytes": 0, "hold_ms": 0,
-//    "route:<route name>": <urgency 0..1>, ...}
+//    "buffer_limit_bytes": 0, "urgent_prefix": "!", "route:<route name>": <urgency 0..1>, ...}
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,10 +30,10 @@
 #define WASM_IMPORT(name) __attribute__((import_module("env"), import_name(#name)))
 
 enum { OK = 0, NOT_FOUND = 1 };
-enum { MAP_REQUEST_HEADERS = 0 };
-enum { BUFFER_PLUGIN_CONFIGURATION = 7 };
+enum { MAP_REQUEST_HEADERS = 0, MAP_RESPONSE_HEADERS = 2 };
+enum { BUFFER_REQUEST_BODY = 0, BUFFER_RESPONSE_BODY = 1, BUFFER_PLUGIN_CONFIGURATION = 7 };
 enum { ACTION_CONTINUE = 0, ACTION_PAUSE = 1 };
-enum { STREAM_REQUEST = 0 };
+enum { STREAM_REQUEST = 0, STREAM_RESPONSE = 1 };
 enum { LOG_INFO = 2, LOG_WARN = 3 };
 
 WASM_IMPORT(proxy_log) int32_t proxy_log(int32_t level, const char *msg, size_t size);
@@ -155,19 +160,48 @@ static int parse_milli(const char *s, size_t n)
 	return whole * 1000 + frac;
 }
 
-// ---- configuration ----
+// ---- configuration, one per root context ----
+#define MAX_ROOTS 4
 #define MAX_ROUTES 64
 #define MAX_NAME 96
+#define MAX_PREFIX 16
 struct route_urgency {
 	char name[MAX_NAME];
 	size_t len;
 	int urgency_milli;
 };
-static struct route_urgency routes[MAX_ROUTES];
-static int n_routes;
-static int u_threshold = 500, throughput_below = 300, default_urgency = 400;
+struct plugin {
+	uint32_t root; // 0 = free slot
+	struct route_urgency routes[MAX_ROUTES];
+	int n_routes;
+	int u_threshold, throughput_below, default_urgency; // thousandths
+	uint32_t hold_bytes, hold_ms, buffer_limit_bytes;
+	char urgent_prefix[MAX_PREFIX];
+	size_t urgent_len;
+	uint64_t last_tick_ns, tick_slack_ns; // the longest recent tick interval (decays by 1/16 per tick)
+};
+static struct plugin plugins[MAX_ROOTS];
 
-static uint32_t hold_bytes, hold_ms;
+static struct plugin *find_plugin(uint32_t root)
+{
+	for (int i = 0; i < MAX_ROOTS; i++)
+		if (plugins[i].root == root)
+			return &plugins[i];
+	return NULL;
+}
+
+static void plugin_defaults(struct plugin *p, uint32_t root)
+{
+	p->root = root;
+	p->n_routes = 0;
+	p->u_threshold = 500;
+	p->throughput_below = 300;
+	p->default_urgency = 400;
+	p->hold_bytes = p->hold_ms = p->buffer_limit_bytes = 0;
+	p->urgent_len = 0;
+	p->last_tick_ns = 0;
+	p->tick_slack_ns = 1000000; // the period asked for, until ticks are seen
+}
 
 // A non-negative integer below 2^24; -1 if malformed.
 static long parse_uint(const char *s, size_t n)
@@ -183,29 +217,45 @@ static long parse_uint(const char *s, size_t n)
 	return v < (1L << 24) ? v : -1;
 }
 
-static int set_value(const char *key, size_t kn, const char *val, size_t vn)
+static int set_value(struct plugin *p, const char *key, size_t kn, const char *val, size_t vn, int quoted)
 {
-	if (str_eq(key, kn, "hold_bytes", 10) || str_eq(key, kn, "hold_ms", 7)) {
+	if (str_eq(key, kn, "urgent_prefix", 13)) {
+		if (!quoted || vn == 0 || vn > MAX_PREFIX)
+			return 0;
+		for (size_t i = 0; i < vn; i++) {
+			if (val[i] == '\\')
+				return 0; // no escapes: the prefix is taken byte for byte
+			p->urgent_prefix[i] = val[i];
+		}
+		p->urgent_len = vn;
+		return 1;
+	}
+	if (quoted)
+		return 0;
+	if (str_eq(key, kn, "hold_bytes", 10) || str_eq(key, kn, "hold_ms", 7) ||
+	    str_eq(key, kn, "buffer_limit_bytes", 18)) {
 		long v = parse_uint(val, vn);
 		if (v < 0 || (kn == 7 && v > 60000))
 			return 0;
 		if (kn == 10)
-			hold_bytes = (uint32_t)v;
+			p->hold_bytes = (uint32_t)v;
+		else if (kn == 7)
+			p->hold_ms = (uint32_t)v;
 		else
-			hold_ms = (uint32_t)v;
+			p->buffer_limit_bytes = (uint32_t)v;
 		return 1;
 	}
 	int milli = parse_milli(val, vn);
 	if (milli < 0 || milli > 1000)
 		return 0;
 	if (str_eq(key, kn, "u_threshold", 11))
-		u_threshold = milli;
+		p->u_threshold = milli;
 	else if (str_eq(key, kn, "throughput_below", 16))
-		throughput_below = milli;
+		p->throughput_below = milli;
 	else if (str_eq(key, kn, "default_urgency", 15))
-		default_urgency = milli;
-	else if (kn > 6 && str_eq(key, 6, "route:", 6) && kn - 6 < MAX_NAME && n_routes < MAX_ROUTES) {
-		struct route_urgency *r = &routes[n_routes++];
+		p->default_urgency = milli;
+	else if (kn > 6 && str_eq(key, 6, "route:", 6) && kn - 6 < MAX_NAME && p->n_routes < MAX_ROUTES) {
+		struct route_urgency *r = &p->routes[p->n_routes++];
 		for (size_t i = 6; i < kn; i++)
 			r->name[i - 6] = key[i];
 		r->len = kn - 6;
@@ -215,12 +265,10 @@ static int set_value(const char *key, size_t kn, const char *val, size_t vn)
 	return 1;
 }
 
-// A flat JSON object of "key": number pairs. Returns 1 on success.
-static int parse_config(const char *s, size_t n)
+// A flat JSON object of "key": number (or "key": "string") pairs. Returns 1 on success.
+static int parse_config(struct plugin *p, const char *s, size_t n)
 {
 	size_t i = 0;
-	n_routes = 0;
-	hold_bytes = hold_ms = 0;
 	while (i < n && s[i] != '{')
 		i++;
 	if (i++ >= n)
@@ -241,41 +289,42 @@ static int parse_config(const char *s, size_t n)
 		i++;
 		while (i < n && (s[i] == ' ' || s[i] == ':'))
 			i++;
-		size_t val = i;
-		while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\n')
-			i++;
-		if (!set_value(s + key, key_len, s + val, i - val))
+		int quoted = i < n && s[i] == '"';
+		size_t val = i + quoted;
+		if (quoted) {
+			i = val;
+			while (i < n && s[i] != '"')
+				i++;
+			if (i >= n)
+				return 0;
+		} else {
+			while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\n')
+				i++;
+		}
+		if (!set_value(p, s + key, key_len, s + val, i - val, quoted))
 			return 0;
+		i += quoted;
 	}
-}
-
-WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t size)
-{
-	char *data = NULL;
-	size_t got = 0;
-	if (size == 0) {
-		log_str(LOG_INFO, "dapb: no configuration, defaults in force");
-		return 1;
-	}
-	if (proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &data, &got) != OK)
-		return 0;
-	int ok = parse_config(data, got);
-	dapb_free(data);
-	if (ok && hold_bytes && !hold_ms)
-		ok = 0; // a hold without a time bound is never allowed
-	proxy_set_tick_period_milliseconds(ok && hold_bytes ? 1 : 0);
-	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
-	return ok;
 }
 
 // ---- per-stream hold state (bounded: at most MAX_HELD streams hold at once; others pass through) ----
 #define MAX_HELD 256
+struct direction {
+	uint64_t first_ns; // arrival of the oldest byte held (valid while paused)
+	size_t buffered; // bytes Envoy buffers for us (its body buffer when we paused last)
+	int paused; // Envoy is buffering this direction's body for us
+};
 struct held {
 	uint32_t ctx; // 0 = free slot
-	uint64_t first_ns; // arrival of the oldest byte held (valid while paused)
-	int paused; // Envoy is buffering this stream's body for us
+	uint32_t root;
+	int grpc; // gRPC framing: a message starts with a 5-byte header
+	struct direction dir[2]; // STREAM_REQUEST, STREAM_RESPONSE
 };
 static struct held held[MAX_HELD];
+
+// Root context of every live stream context (Envoy gives it at context creation).
+#define MAX_CONTEXTS 1024
+static uint32_t context_ids[MAX_CONTEXTS], context_roots[MAX_CONTEXTS];
 
 static struct held *find_held(uint32_t ctx)
 {
@@ -285,6 +334,14 @@ static struct held *find_held(uint32_t ctx)
 	return NULL;
 }
 
+static uint32_t root_of(uint32_t ctx)
+{
+	for (int i = 0; i < MAX_CONTEXTS; i++)
+		if (context_ids[i] == ctx)
+			return context_roots[i];
+	return 0;
+}
+
 static uint64_t now_ns(void)
 {
 	uint64_t t = 0;
@@ -292,55 +349,200 @@ static uint64_t now_ns(void)
 	return t;
 }
 
-static void release(struct held *h)
+static void release(struct held *h, int stream)
 {
-	if (h->paused) {
+	struct direction *d = &h->dir[stream];
+	if (d->paused) {
 		proxy_set_effective_context(h->ctx);
-		proxy_continue_stream(STREAM_REQUEST);
+		proxy_continue_stream(stream);
 	}
-	h->paused = 0;
-	h->first_ns = 0;
+	d->paused = 0;
+	d->first_ns = 0;
+	d->buffered = 0;
+}
+
+static void release_all(uint32_t root)
+{
+	for (int i = 0; i < MAX_HELD; i++)
+		if (held[i].ctx && (!root || held[i].root == root)) {
+			release(&held[i], STREAM_REQUEST);
+			release(&held[i], STREAM_RESPONSE);
+		}
+}
+
+// The most bytes one hold may reach: B(t), and never more than half the proxy's buffer limit (Envoy adds the next
+// chunk to what it buffers before asking us, and answers 413 when that passes the limit).
+static size_t hold_cap(const struct plugin *p)
+{
+	size_t cap = p->hold_bytes;
+	if (p->buffer_limit_bytes && p->buffer_limit_bytes / 2 < cap)
+		cap = p->buffer_limit_bytes / 2;
+	return cap;
+}
+
+// Would the oldest held byte pass hold_ms before the next tick? Then this is the last moment to send it.
+static int due(const struct plugin *p, const struct direction *d, uint64_t now)
+{
+	return now - d->first_ns + p->tick_slack_ns >= (uint64_t)p->hold_ms * 1000000;
+}
+
+// Does the newest chunk (from offset `start` of the body buffer) begin with the urgent prefix?
+static int urgent_chunk(const struct plugin *p, const struct held *h, int stream, size_t start, size_t size)
+{
+	size_t at = start + (h->grpc ? 5 : 0);
+	if (!p->urgent_len || at + p->urgent_len > size)
+		return 0;
+	char *data = NULL;
+	size_t got = 0;
+	int buffer = stream == STREAM_REQUEST ? BUFFER_REQUEST_BODY : BUFFER_RESPONSE_BODY;
+	if (proxy_get_buffer_bytes(buffer, at, p->urgent_len, &data, &got) != OK || !data)
+		return 0;
+	int urgent = str_eq(data, got, p->urgent_prefix, p->urgent_len);
+	dapb_free(data);
+	return urgent;
+}
+
+static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_stream)
+{
+	struct held *h = find_held(ctx);
+	struct plugin *p = h ? find_plugin(h->root) : NULL;
+	if (!h || !p)
+		return ACTION_CONTINUE;
+	struct direction *d = &h->dir[stream];
+	size_t start = d->paused ? d->buffered : 0; // the newest chunk starts after what we hold
+	uint64_t now = now_ns();
+	if (end_of_stream || !p->hold_bytes || size >= hold_cap(p) || urgent_chunk(p, h, stream, start, size) ||
+	    (d->paused && due(p, d, now))) {
+		d->paused = 0; // returning CONTINUE releases everything Envoy buffered, in order
+		d->first_ns = 0;
+		d->buffered = 0;
+		return ACTION_CONTINUE;
+	}
+	if (!d->paused)
+		d->first_ns = now;
+	d->paused = 1;
+	d->buffered = size;
+	return ACTION_PAUSE;
 }
 
 WASM_EXPORT(proxy_on_request_body) int32_t proxy_on_request_body(uint32_t ctx, size_t size, int32_t end_of_stream)
 {
+	return on_body(ctx, STREAM_REQUEST, size, end_of_stream);
+}
+
+WASM_EXPORT(proxy_on_response_body) int32_t proxy_on_response_body(uint32_t ctx, size_t size, int32_t end_of_stream)
+{
+	return on_body(ctx, STREAM_RESPONSE, size, end_of_stream);
+}
+
+// Trailers end a body: what is held goes with them (CONTINUE flushes the buffered body first).
+static int32_t on_trailers(uint32_t ctx, int stream)
+{
 	struct held *h = find_held(ctx);
-	if (!h)
-		return ACTION_CONTINUE;
-	if (end_of_stream || size >= hold_bytes || !hold_bytes) {
-		h->paused = 0; // returning CONTINUE releases everything Envoy buffered, in order
-		h->first_ns = 0;
-		return ACTION_CONTINUE;
+	if (h) {
+		h->dir[stream].paused = 0;
+		h->dir[stream].first_ns = 0;
+		h->dir[stream].buffered = 0;
 	}
-	if (!h->paused)
-		h->first_ns = now_ns();
-	h->paused = 1;
-	return ACTION_PAUSE;
+	return ACTION_CONTINUE;
+}
+
+WASM_EXPORT(proxy_on_request_trailers) int32_t proxy_on_request_trailers(uint32_t ctx, size_t n)
+{
+	return on_trailers(ctx, STREAM_REQUEST);
+}
+
+WASM_EXPORT(proxy_on_response_trailers) int32_t proxy_on_response_trailers(uint32_t ctx, size_t n)
+{
+	return on_trailers(ctx, STREAM_RESPONSE);
 }
 
 WASM_EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id)
 {
-	uint64_t now = now_ns(), bound = (uint64_t)hold_ms * 1000000;
+	struct plugin *p = find_plugin(root_id);
+	if (!p)
+		return;
+	uint64_t now = now_ns();
+	if (p->last_tick_ns) {
+		uint64_t interval = now - p->last_tick_ns, decayed = p->tick_slack_ns - p->tick_slack_ns / 16;
+		p->tick_slack_ns = interval > decayed ? interval : decayed;
+		if (p->tick_slack_ns < 1000000)
+			p->tick_slack_ns = 1000000;
+	}
+	p->last_tick_ns = now;
 	for (int i = 0; i < MAX_HELD; i++)
-		if (held[i].ctx && held[i].paused && now - held[i].first_ns >= bound)
-			release(&held[i]);
+		if (held[i].ctx && held[i].root == root_id)
+			for (int s = STREAM_REQUEST; s <= STREAM_RESPONSE; s++)
+				if (held[i].dir[s].paused && due(p, &held[i].dir[s], now))
+					release(&held[i], s);
+}
+
+WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t size)
+{
+	struct plugin *p = find_plugin(root_id);
+	if (!p)
+		p = find_plugin(0);
+	if (!p) {
+		log_str(LOG_WARN, "dapb: too many root contexts in one VM; configuration rejected");
+		return 0;
+	}
+	release_all(root_id); // what this root held was held under the configuration being replaced
+	plugin_defaults(p, root_id);
+	char *data = NULL;
+	size_t got = 0;
+	int ok = 1;
+	if (size == 0) {
+		log_str(LOG_INFO, "dapb: no configuration, defaults in force");
+	} else if (proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &data, &got) != OK) {
+		ok = 0;
+	} else {
+		ok = parse_config(p, data, got);
+		dapb_free(data);
+	}
+	if (ok && p->hold_bytes && !p->hold_ms)
+		ok = 0; // a hold without a time bound is never allowed
+	if (!ok)
+		plugin_defaults(p, root_id); // nothing held under a rejected configuration
+	proxy_set_tick_period_milliseconds(ok && p->hold_bytes ? 1 : 0);
+	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
+	return ok;
 }
 
 WASM_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t size) { return 1; }
-WASM_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uint32_t parent) {}
-WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id)
+
+WASM_EXPORT(proxy_on_context_create) void proxy_on_context_create(uint32_t id, uint32_t parent)
+{
+	if (!parent)
+		return; // a root context: it gets its slot when configured
+	for (int i = 0; i < MAX_CONTEXTS; i++)
+		if (!context_ids[i]) {
+			context_ids[i] = id;
+			context_roots[i] = parent;
+			return;
+		}
+}
+
+static void forget(uint32_t id)
 {
 	struct held *h = find_held(id);
 	if (h)
 		h->ctx = 0; // Envoy finishes the stream; nothing is held by the filter itself
+	for (int i = 0; i < MAX_CONTEXTS; i++)
+		if (context_ids[i] == id)
+			context_ids[i] = 0;
+	struct plugin *p = find_plugin(id);
+	if (p) { // a root context goes: its streams are released, its slot freed
+		release_all(id);
+		p->root = 0;
+	}
+}
+
+WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id)
+{
+	forget(id);
 	return 1;
 }
-WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id)
-{
-	struct held *h = find_held(id);
-	if (h)
-		h->ctx = 0;
-}
+WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) { forget(id); }
 WASM_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
 
 // RFC 9218 Priority: a structured-field dictionary, e.g. "u=1, i". Returns urgency in thousandths, or -1.
@@ -357,7 +559,7 @@ int priority_urgency_milli(const char *s, size_t n)
 	return -1;
 }
 
-static int route_urgency(void)
+static int route_urgency(const struct plugin *p)
 {
 	char *name = NULL;
 	size_t len = 0;
@@ -372,16 +574,30 @@ static int route_urgency(void)
 		}
 	}
 	int found = -1;
-	for (int r = 0; r < n_routes; r++)
-		if (str_eq(name, len, routes[r].name, routes[r].len))
-			found = routes[r].urgency_milli;
+	for (int r = 0; r < p->n_routes; r++)
+		if (str_eq(name, len, p->routes[r].name, p->routes[r].len))
+			found = p->routes[r].urgency_milli;
 	dapb_free(name);
 	return found;
+}
+
+static int header_starts_with(int map, const char *key, size_t key_len, const char *prefix, size_t n)
+{
+	char *value = NULL;
+	size_t len = 0;
+	if (proxy_get_header_map_value(map, key, key_len, &value, &len) != OK || !value)
+		return 0;
+	int yes = len >= n && str_eq(value, n, prefix, n);
+	dapb_free(value);
+	return yes;
 }
 
 WASM_EXPORT(proxy_on_request_headers)
 int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_stream)
 {
+	struct plugin *p = find_plugin(root_of(ctx));
+	if (!p)
+		return ACTION_CONTINUE; // no configured root: leave the request alone
 	int u = -1;
 	char *prio = NULL;
 	size_t prio_len = 0;
@@ -390,23 +606,22 @@ int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_st
 		dapb_free(prio);
 	}
 	if (u < 0)
-		u = route_urgency();
+		u = route_urgency(p);
 	if (u < 0)
-		u = default_urgency;
-	if (u > u_threshold)
+		u = p->default_urgency;
+	if (u > p->u_threshold)
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "latency", 7);
-	else if (u < throughput_below) {
+	else if (u < p->throughput_below) {
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "throughput", 10);
-		if (hold_bytes && !end_of_stream) {
+		if (p->hold_bytes) { // both directions may hold: the response may stream even after a short request
 			struct held *slot = find_held(0);
 			if (slot) {
-				slot->ctx = ctx;
-				slot->first_ns = 0;
-				slot->paused = 0;
+				struct held fresh = {.ctx = ctx, .root = p->root};
+				fresh.grpc = header_starts_with(MAP_REQUEST_HEADERS, "content-type", 12, "application/grpc", 16);
+				*slot = fresh;
 			}
 		}
-	}
-	else
+	} else
 		proxy_remove_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12); // a client cannot pick it
 	return ACTION_CONTINUE;
 }

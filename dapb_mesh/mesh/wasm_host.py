@@ -16,6 +16,7 @@ OK, NOT_FOUND, BAD_ARGUMENT = 0, 1, 2
 MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS = 0, 1, 2
 BUFFER_REQUEST_BODY, BUFFER_RESPONSE_BODY, BUFFER_PLUGIN_CONFIGURATION = 0, 1, 7
 ACTION_CONTINUE, ACTION_PAUSE = 0, 1
+STREAM_REQUEST, STREAM_RESPONSE = 0, 1
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 ROOT_CONTEXT = 1
 
@@ -44,12 +45,19 @@ class Stream:
     local_reply: LocalReply | None = None
     continued: list[int] = field(default_factory=list)
     forwarded: list[tuple[int, bytes]] = field(default_factory=list)  # (host time ns, one upstream write)
+    returned: list[tuple[int, bytes]] = field(default_factory=list)  # (host time ns, one downstream write)
+    root: int = ROOT_CONTEXT
 
-    def release(self, now_ns: int) -> None:
-        """What Envoy does on CONTINUE: everything buffered goes upstream as one write, in order."""
-        if self.request_body:
-            self.forwarded.append((now_ns, bytes(self.request_body)))
-            self.request_body.clear()
+    def release(self, now_ns: int, stream_type: int = STREAM_REQUEST) -> None:
+        """What Envoy does on CONTINUE: everything buffered goes on as one write, in order."""
+        body, out = (
+            (self.request_body, self.forwarded)
+            if stream_type == STREAM_REQUEST
+            else (self.response_body, self.returned)
+        )
+        if body:
+            out.append((now_ns, bytes(body)))
+            body.clear()
 
 
 class ProxyWasmHost:
@@ -64,6 +72,7 @@ class ProxyWasmHost:
         self.now_ns = 0
         self.stream: Stream | None = None  # the effective stream context
         self.streams: dict[int, Stream] = {}
+        self.roots = [ROOT_CONTEXT]  # live root contexts; the last one configured gets new streams
         self.next_context = ROOT_CONTEXT + 1
         linker = wasmtime.Linker(self.engine)
         table = self._imports()
@@ -189,8 +198,7 @@ class ProxyWasmHost:
         def continue_stream(stream_type):
             if self.stream is not None:
                 self.stream.continued.append(stream_type)
-                if stream_type == 0:  # REQUEST
-                    self.stream.release(self.now_ns)
+                self.stream.release(self.now_ns, stream_type)
             return OK
 
         def set_effective_context(ctx):
@@ -221,12 +229,29 @@ class ProxyWasmHost:
         self._call("proxy_on_vm_start", ROOT_CONTEXT, 0)
         return bool(self._call("proxy_on_configure", ROOT_CONTEXT, len(self.plugin_config)))
 
+    def reconfigure(self, plugin_config: bytes) -> tuple[int, bool]:
+        """A new plugin configuration as Envoy applies one: a new root context in the same VM; streams already
+        open stay with the root they started under. Returns (root id, accepted)."""
+        root = self.next_context
+        self.next_context += 1
+        self.plugin_config = plugin_config
+        self._call("proxy_on_context_create", root, 0)
+        self.roots.append(root)
+        return root, bool(self._call("proxy_on_configure", root, len(plugin_config)))
+
+    def delete_root(self, root: int) -> None:
+        """Envoy drops a replaced configuration's root context."""
+        self.stream = None
+        self._call("proxy_on_done", root)
+        self._call("proxy_on_delete", root)
+        self.roots.remove(root)
+
     def new_stream(self, properties: dict[str, bytes] | None = None) -> tuple[int, Stream]:
         ctx = self.next_context
         self.next_context += 1
-        self.stream = Stream(properties=properties or {})
+        self.stream = Stream(properties=properties or {}, root=self.roots[-1])
         self.streams[ctx] = self.stream
-        self._call("proxy_on_context_create", ctx, ROOT_CONTEXT)
+        self._call("proxy_on_context_create", ctx, self.stream.root)
         return ctx, self.stream
 
     def request_headers(self, ctx: int, headers: dict[str, str], end_of_stream: bool = False) -> int:
@@ -243,15 +268,41 @@ class ProxyWasmHost:
             stream.release(self.now_ns)
         return action
 
-    def tick(self, advance_ms: int = 0) -> None:
-        self.now_ns += advance_ms * 1_000_000
-        self._call("proxy_on_tick", ROOT_CONTEXT)
+    def response_headers(self, ctx: int, headers: dict[str, str], end_of_stream: bool = False) -> int:
+        self.stream = self.streams[ctx]
+        self.stream.response_headers.update({k.lower(): v for k, v in headers.items()})
+        return self._call("proxy_on_response_headers", ctx, len(headers), int(end_of_stream))
+
+    def response_body(self, ctx: int, chunk: bytes, end_of_stream: bool = False) -> int:
+        """A response body chunk, as request_body."""
+        self.stream = stream = self.streams[ctx]
+        stream.response_body += chunk
+        action = self._call("proxy_on_response_body", ctx, len(stream.response_body), int(end_of_stream))
+        if action == ACTION_CONTINUE:
+            stream.release(self.now_ns, STREAM_RESPONSE)
+        return action
+
+    def trailers(self, ctx: int, stream_type: int = STREAM_REQUEST) -> int:
+        """Trailers end a body: on CONTINUE what is buffered goes on before them."""
+        self.stream = stream = self.streams[ctx]
+        hook = "proxy_on_request_trailers" if stream_type == STREAM_REQUEST else "proxy_on_response_trailers"
+        action = self._call(hook, ctx, 0)
+        if action == ACTION_CONTINUE:
+            stream.release(self.now_ns, stream_type)
+        return action
+
+    def tick(self, advance_ms: float = 0) -> None:
+        """Advance the clock and tick every live root context, as Envoy's timer does."""
+        self.now_ns += round(advance_ms * 1_000_000)
+        for root in list(self.roots):
+            self._call("proxy_on_tick", root)
 
     def reset(self, ctx: int) -> bytes:
-        """The stream is reset (client abort, upstream failure): the host drops its buffer; returns what it held."""
+        """The stream is reset (client abort, upstream failure): the host drops its buffers; returns what it held."""
         stream = self.streams[ctx]
-        dropped = bytes(stream.request_body)
+        dropped = bytes(stream.request_body) + bytes(stream.response_body)
         stream.request_body.clear()
+        stream.response_body.clear()
         self.finish(ctx)
         return dropped
 
