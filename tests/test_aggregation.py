@@ -148,9 +148,9 @@ def test_reconfiguration_leaves_open_streams_under_their_configuration():
 
 def test_a_rejected_reconfiguration_holds_nothing_new():
     h = host()
-    root, ok = h.reconfigure(b'{"hold_bytes": 100, "hold_ms": 0}')
+    _root, ok = h.reconfigure(b'{"hold_bytes": 100, "hold_ms": 0}')
     assert not ok
-    ctx, s = open_stream(h)
+    ctx, _s = open_stream(h)
     assert h.request_body(ctx, b"x" * 10) == ACTION_CONTINUE
 
 

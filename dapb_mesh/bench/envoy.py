@@ -142,7 +142,7 @@ def run_envoy(
         if p.filter_hold != pushed["hold"]:
             config = filter_config(table, settings, p.filter_hold)
             mesh.update_routes(mesh.routes, f"hold-{p.filter_hold[0]}-{p.filter_hold[1]}", config)
-            mesh.wait_for_listener_config(rf"hold_bytes\W+{p.filter_hold[0]}\b")
+            mesh.wait_for_config(rf"hold_bytes\W+{p.filter_hold[0]}\b")
             pushed["hold"] = p.filter_hold
 
     with mesh, libbpf.run_time_stats():

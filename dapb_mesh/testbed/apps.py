@@ -1,9 +1,13 @@
 """Testbed workloads behind the sidecars, speaking plain HTTP/1.1 to their local Envoy as most apps do.
 
 server: POST /stream takes a chunked body of fixed-size messages (sequence number + send time each) and answers
-        with what it measured: bytes, messages, order, per-message one-way delay. Any other request gets a
-        body of x-response-size bytes (default 1 KiB), for request/response load from wrk, h2load or curl.
-client: POST /stream at a fixed rate, one chunk per message, then prints the server's answer plus its own view.
+        with what it measured: bytes, messages, order, per-message one-way delay. With --results DIR it also
+        writes that summary to DIR/<x-stream-id>.json, complete or not, so that a stream that breaks (client
+        abort, proxy killed) is still accounted for. `x-fail-after: K` makes it reset the connection after K
+        messages (an upstream failure). Any other request gets a body of x-response-size bytes (default 1 KiB),
+        for request/response load from wrk, h2load or curl.
+client: POST /stream at a fixed rate, one chunk per message, then (after --pause-ms) ends the body and prints the
+        server's answer plus its own view, or with --abort resets the connection instead.
 
   python -m dapb_mesh.testbed.apps server --port 8080
   python -m dapb_mesh.testbed.apps client --host IP --port 8080 --rate 10000 --count 20000 --size 64
@@ -14,15 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, _percentiles, wait_until
+
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends RST, as a crashed peer would
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    results_dir: Path | None = None
 
     def log_message(self, *args) -> None:  # quiet: the bench reads stdout
         pass
@@ -45,7 +54,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path.startswith("/stream"):
-            self._reply(json.dumps(self._stream()).encode(), "application/json")
+            summary = self._stream()
+            if summary["complete"]:
+                self._reply(json.dumps(summary).encode(), "application/json")
+            else:
+                self.close_connection = True
             return
         length = int(self.headers.get("content-length", 0))
         self.rfile.read(length)
@@ -53,18 +66,35 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self) -> dict:
         reader = MessageReader(int(self.headers.get("x-msg-size", 64)))
-        while line := self.rfile.readline():
-            n = int(line.split(b";")[0], 16)
-            if n == 0:
+        fail_after = int(self.headers.get("x-fail-after", 0))
+        complete = False
+        try:
+            while line := self.rfile.readline():
+                n = int(line.split(b";")[0], 16)
+                if n == 0:
+                    self.rfile.readline()
+                    complete = True
+                    break
+                chunk = self.rfile.read(n)
                 self.rfile.readline()
-                break
-            chunk = self.rfile.read(n)
-            self.rfile.readline()
-            reader.feed(chunk, time.monotonic_ns())
-        return reader.summary()
+                reader.feed(chunk, time.monotonic_ns())
+                if fail_after and len(reader.delays_ms) >= fail_after:
+                    self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+                    self.request.close()
+                    break
+        except (OSError, ValueError):
+            pass  # a broken stream: what arrived is still recorded
+        summary = {**reader.summary(), "complete": complete}
+        stream_id = self.headers.get("x-stream-id", "")
+        if self.results_dir is not None and stream_id.isalnum():
+            path = self.results_dir / f"{stream_id}.json"
+            path.with_suffix(".tmp").write_text(json.dumps(summary))
+            path.with_suffix(".tmp").rename(path)
+        return summary
 
 
-def serve(port: int) -> None:
+def serve(port: int, results_dir: Path | None = None) -> None:
+    _Handler.results_dir = results_dir
     server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
     server.daemon_threads = True
     print("ready", flush=True)
@@ -93,24 +123,51 @@ def _read_response(sock: socket.socket) -> dict:
     return json.loads(body)
 
 
-def stream(host: str, port: int, rate: float, count: int, size: int, authority: str, timeout_s: float) -> dict:
+def stream(
+    host: str,
+    port: int,
+    rate: float,
+    count: int,
+    size: int,
+    authority: str,
+    timeout_s: float,
+    *,
+    stream_id: str = "",
+    pause_ms: float = 0.0,
+    abort: bool = False,
+    fail_after: int = 0,
+) -> dict:
+    """Stream ``count`` messages at ``rate``; wait ``pause_ms``; then end the body and read the server's answer,
+    or with ``abort`` reset the connection. A failed stream is reported (``error``), not raised."""
+    extra = f"x-stream-id: {stream_id}\r\n" if stream_id else ""
+    extra += f"x-fail-after: {fail_after}\r\n" if fail_after else ""
     sock = socket.create_connection((host, port), timeout=timeout_s)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(
         f"POST /stream HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n"
-        f"content-type: application/octet-stream\r\nx-msg-size: {size}\r\n\r\n".encode()
+        f"content-type: application/octet-stream\r\nx-msg-size: {size}\r\n{extra}\r\n".encode()
     )
     interval = 1.0 / rate
     prefix = f"{size:x}\r\n".encode()
     t0 = time.monotonic()
-    for seq in range(count):
-        wait_until(t0 + seq * interval)
-        sock.sendall(prefix + HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m") + b"\r\n")
-    elapsed = time.monotonic() - t0
-    sock.sendall(b"0\r\n\r\n")
-    result = _read_response(sock)
+    report: dict = {"bytes_sent": 0, "messages_sent": 0, "error": None}
+    try:
+        for seq in range(count):
+            wait_until(t0 + seq * interval)
+            sock.sendall(prefix + HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m") + b"\r\n")
+            report["messages_sent"], report["bytes_sent"] = seq + 1, (seq + 1) * size
+        report["elapsed_s"] = time.monotonic() - t0
+        time.sleep(pause_ms / 1000)
+        if abort:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        else:
+            sock.sendall(b"0\r\n\r\n")
+            report["server"] = _read_response(sock)
+    except (OSError, RuntimeError) as error:
+        report["error"] = f"{type(error).__name__}: {error}"
+    report.setdefault("elapsed_s", time.monotonic() - t0)
     sock.close()
-    return {"server": result, "bytes_sent": count * size, "messages_sent": count, "elapsed_s": elapsed}
+    return report
 
 
 def request_response(
@@ -176,9 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--connections", type=int, default=2, help="rr: keep-alive connections")
+    parser.add_argument("--results", type=Path, help="server: write each stream's summary to this directory")
+    parser.add_argument("--stream-id", default="", help="client: names the stream's summary file on the server")
+    parser.add_argument("--pause-ms", type=float, default=0.0, help="client: idle time before ending the body")
+    parser.add_argument("--abort", action="store_true", help="client: reset the connection instead of ending")
+    parser.add_argument("--fail-after", type=int, default=0, help="client: ask the server to reset after K messages")
     args = parser.parse_args(argv)
     if args.role == "server":
-        serve(args.port)
+        serve(args.port, args.results)
         return 0
     if args.role == "rr":
         json.dump(
@@ -191,7 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.size < HEADER.size:
         parser.error(f"--size must be at least {HEADER.size}")
-    json.dump(stream(args.host, args.port, args.rate, args.count, args.size, args.authority, args.timeout), sys.stdout)
+    result = stream(
+        args.host,
+        args.port,
+        args.rate,
+        args.count,
+        args.size,
+        args.authority,
+        args.timeout,
+        stream_id=args.stream_id,
+        pause_ms=args.pause_ms,
+        abort=args.abort,
+        fail_after=args.fail_after,
+    )
+    json.dump(result, sys.stdout)
     print()
     return 0
 

@@ -27,6 +27,7 @@ _MESSAGE_TYPES = {
     ec.T_CLUSTER: "envoy.config.cluster.v3.cluster_pb2:Cluster",
     ec.T_ROUTE: "envoy.config.route.v3.route_pb2:RouteConfiguration",
     ec.T_ENDPOINT: "envoy.config.endpoint.v3.endpoint_pb2:ClusterLoadAssignment",
+    ec.T_EXTENSION: "envoy.config.core.v3.extension_pb2:TypedExtensionConfig",
 }
 
 
@@ -89,7 +90,8 @@ class Snapshot:
 
     @staticmethod
     def check(by_type: dict[str, list[dict]]) -> None:
-        """Every route points at a defined cluster; every EDS cluster has endpoints."""
+        """Every route points at a defined cluster, every EDS cluster has endpoints, every filter a listener
+        discovers (ECDS) is defined."""
         clusters = {c["name"]: c for c in by_type.get(ec.T_CLUSTER, [])}
         assignments = {e["cluster_name"] for e in by_type.get(ec.T_ENDPOINT, [])}
         for rc in by_type.get(ec.T_ROUTE, []):
@@ -100,6 +102,16 @@ class Snapshot:
                         raise SnapshotError(
                             f"route {r.get('name')!r} in {rc['name']!r} points at unknown cluster {target!r}"
                         )
+        extensions = {e["name"] for e in by_type.get(ec.T_EXTENSION, [])}
+        for listener in by_type.get(ec.T_LISTENER, []):
+            for chain in listener.get("filter_chains", []):
+                for f in chain.get("filters", []):
+                    for http_filter in f.get("typed_config", {}).get("http_filters", []):
+                        if "config_discovery" in http_filter and http_filter["name"] not in extensions:
+                            raise SnapshotError(
+                                f"listener {listener['name']!r} discovers filter {http_filter['name']!r}, "
+                                "which the snapshot does not define"
+                            )
         for name, c in clusters.items():
             if c.get("type") == "EDS":
                 service = c.get("eds_cluster_config", {}).get("service_name", name)

@@ -21,6 +21,9 @@ T_LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 T_CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 T_ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 T_ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+T_EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"  # ECDS, as istiod serves WasmPlugin
+WASM_FILTER_NAME = "dapb.wasm"
+_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _HTTP_OPTS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -79,6 +82,7 @@ class SidecarSpec:
     requests_per_connection: int = 0  # 0: unlimited (Envoy's default); 1: every request on a new connection
     wasm_filter: Path | None = None  # the DAPB filter on the outbound listener
     wasm_config: str = ""  # its plugin configuration (JSON)
+    buffer_limit_bytes: int = 0  # the outbound listener's per-connection buffer limit; 0: Envoy's 1 MiB
 
 
 def node_id(spec: SidecarSpec) -> str:
@@ -100,12 +104,12 @@ def _tls_context(tls: Tls, alpn: list[str]) -> dict:
     }
 
 
-def wasm_http_filter(path: Path, configuration: str) -> dict:
-    """The DAPB Wasm filter as Envoy's HTTP Wasm filter (V8 runtime, code from a local file)."""
+def wasm_extension_config(path: Path, configuration: str) -> dict:
+    """The DAPB Wasm filter's configuration as an ECDS resource (V8 runtime, code from a local file)."""
     return {
-        "name": "dapb.wasm",
+        "name": WASM_FILTER_NAME,
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": _WASM,
             "config": {
                 "name": "dapb",
                 "root_id": "dapb",
@@ -116,6 +120,18 @@ def wasm_http_filter(path: Path, configuration: str) -> dict:
                 },
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration},
             },
+        },
+    }
+
+
+def wasm_http_filter() -> dict:
+    """The filter's place in the outbound chain; its configuration comes over ECDS, as Istio delivers a
+    WasmPlugin: a new configuration applies to new streams without draining the listener."""
+    return {
+        "name": WASM_FILTER_NAME,
+        "config_discovery": {
+            "config_source": _ADS,
+            "type_urls": [_WASM],
         },
     }
 
@@ -144,10 +160,11 @@ def _original_dst() -> dict:
 
 
 def listeners(spec: SidecarSpec) -> list[dict]:
-    outbound_filters = [wasm_http_filter(spec.wasm_filter, spec.wasm_config)] if spec.wasm_filter else []
+    outbound_filters = [wasm_http_filter()] if spec.wasm_filter else []
     outbound = {
         "name": "virtualOutbound",
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": OUTBOUND_PORT}},
+        **({"per_connection_buffer_limit_bytes": spec.buffer_limit_bytes} if spec.buffer_limit_bytes else {}),
         "listener_filters": [_original_dst()],
         "filter_chains": [
             {
@@ -305,6 +322,7 @@ def resources(spec: SidecarSpec) -> dict[str, list[dict]]:
         T_CLUSTER: clusters(spec),
         T_ROUTE: routes(spec),
         T_ENDPOINT: endpoints(spec),
+        T_EXTENSION: [wasm_extension_config(spec.wasm_filter, spec.wasm_config)] if spec.wasm_filter else [],
     }
 
 

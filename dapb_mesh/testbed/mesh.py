@@ -110,10 +110,11 @@ class Sidecar:
             stderr=subprocess.STDOUT,
         )
 
-    def get(self, path: str) -> str:
+    def get(self, path: str, method: str = "GET") -> str:
+        """A request to the admin API (POST for the ones that change state, e.g. /drain_listeners)."""
         conn = _UnixHTTPConnection(self.admin)
         try:
-            conn.request("GET", path)
+            conn.request(method, path)
             return conn.getresponse().read().decode()
         finally:
             conn.close()
@@ -179,6 +180,7 @@ class Mesh:
         pin_cpus: bool = False,
         wasm_filter: Path | None = None,
         wasm_config: str = "",
+        buffer_limit_bytes: int = 0,
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
@@ -187,6 +189,7 @@ class Mesh:
         self.run_id = uuid.uuid4().hex[:8]
         self.subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
         self.workdir = RUN_ROOT / f"testbed-{self.run_id}"
+        self.results_dir = self.workdir / "results"  # the server app's per-stream summaries
         self.routes = routes or []
         self.upstream_socket_options = upstream_socket_options or {}
         self.concurrency = concurrency
@@ -194,6 +197,7 @@ class Mesh:
         self.pin_cpus = pin_cpus
         self.wasm_filter = wasm_filter
         self.wasm_config = wasm_config
+        self.buffer_limit_bytes = buffer_limit_bytes
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -295,6 +299,7 @@ class Mesh:
                 requests_per_connection=self.requests_per_connection,
                 wasm_filter=wasm,
                 wasm_config=self.wasm_config,
+                buffer_limit_bytes=self.buffer_limit_bytes,
             )
             self.control_plane.set_snapshot(ec.node_id(spec), Snapshot.build("1", ec.resources(spec)))
             sidecar = Sidecar(pod, spec, self.workdir, xds)
@@ -304,8 +309,18 @@ class Mesh:
         for sidecar in self.sidecars:
             sidecar.wait_ready()
         progress("starting the apps")
+        self.results_dir.mkdir(exist_ok=True)
         ready = self.server_pod.popen(
-            [sys.executable, "-m", "dapb_mesh.testbed.apps", "server", "--port", str(APP_PORT)],
+            [
+                sys.executable,
+                "-m",
+                "dapb_mesh.testbed.apps",
+                "server",
+                "--port",
+                str(APP_PORT),
+                "--results",
+                str(self.results_dir),
+            ],
             container="app",
             stdout=subprocess.PIPE,
             text=True,
@@ -325,18 +340,17 @@ class Mesh:
                 ec.node_id(sidecar.spec), Snapshot.build(version, ec.resources(sidecar.spec))
             )
 
-    def wait_for_listener_config(self, pattern: str, timeout_s: float = 10.0) -> None:
-        """Wait until every sidecar's active listeners match ``pattern`` (a pushed filter configuration)."""
+    def wait_for_config(self, pattern: str, timeout_s: float = 10.0) -> None:
+        """Wait until every sidecar's configuration (listeners, routes, ECDS filter configurations) matches
+        ``pattern``, e.g. a pushed filter configuration."""
         import re
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            dumps = [s.get("/config_dump?resource=dynamic_listeners") for s in self.sidecars]
-            if all(re.search(pattern, d) for d in dumps):
-                time.sleep(0.3)  # the new listener may still be warming; new connections reach it after
+            if all(re.search(pattern, s.get("/config_dump")) for s in self.sidecars):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"sidecars did not apply the new listener configuration ({pattern}) in {timeout_s}s")
+        raise TimeoutError(f"sidecars did not apply the new configuration ({pattern}) in {timeout_s}s")
 
     def down(self) -> None:
 
@@ -375,16 +389,36 @@ class Mesh:
             str(timeout_s),
         ]
         for key, value in options.items():
-            argv += [f"--{key}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            if value is True:
+                argv.append(flag)
+            elif value not in (False, None):
+                argv += [flag, str(value)]
         proc = self.client_pod.popen(argv, container="app", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=timeout_s)
         if proc.returncode:
             raise RuntimeError(f"{role} client failed: {err[-2000:]}")
         return json.loads(out)
 
-    def stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:
-        """stream-small: the client app streams ``count`` messages at ``rate`` to the server service."""
-        return self._client_app("client", timeout_s, rate=rate, count=count, size=size)
+    def stream(
+        self, rate: float, count: int, size: int, timeout_s: float = 120.0, *, allow_failure: bool = False, **options
+    ) -> dict:
+        """stream-small: the client app streams ``count`` messages at ``rate`` to the server service. Options
+        go to the client (stream_id, pause_ms, abort, fail_after); a failed stream raises unless allowed."""
+        result = self._client_app("client", timeout_s, rate=rate, count=count, size=size, **options)
+        if result["error"] and not allow_failure:
+            raise RuntimeError(f"the stream failed: {result['error']}")
+        return result
+
+    def stream_summary(self, stream_id: str, timeout_s: float = 10.0) -> dict:
+        """What the server app recorded for a stream (complete or broken), once it has recorded it."""
+        path = self.results_dir / f"{stream_id}.json"
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server recorded no summary for stream {stream_id!r} in {timeout_s}s")
+            time.sleep(0.05)
+        return json.loads(path.read_text())
 
     def request_response(
         self, rate: float, count: int, size: int = 1024, connections: int = 2, timeout_s: float = 120.0
