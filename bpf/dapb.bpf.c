@@ -320,6 +320,16 @@ int dapb_msg(struct sk_msg_md *msg)
 
 /* Per-DSCP packet counters; on ingress optionally drops data segments at random (testbed loss injection: a
  * drop on the receiver's ingress makes the sender retransmit, a drop on egress would not). */
+
+/* The log2 bin of a segment's payload size (dapb.h: DAPB_SIZE_BINS). */
+static __always_inline __u32 size_bin(__u32 payload)
+{
+	__u32 bin = 0;
+	for (__u32 limit = DAPB_SIZE_BIN0_LIMIT; bin < DAPB_SIZE_BINS - 1 && payload >= limit; limit <<= 1)
+		bin++;
+	return bin;
+}
+
 static __always_inline int count(struct __sk_buff *skb, __u32 base, int may_drop)
 {
 	void *data = (void *)(long)skb->data;
@@ -382,6 +392,9 @@ static __always_inline int count(struct __sk_buff *skb, __u32 base, int may_drop
 		s->payload_bytes += payload;
 		if (cfg && last < cfg->small_bytes)
 			s->small_packets++;
+		__u32 full = segs > 1 && skb->gso_size ? skb->gso_size : last;
+		s->size_hist[size_bin(full)] += segs - 1;
+		s->size_hist[size_bin(last)] += 1;
 	}
 	return TC_ACT_OK;
 }

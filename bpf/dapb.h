@@ -94,6 +94,10 @@ struct dapb_msg_stats {
 };
 
 /* Per-DSCP packet counters from tc (per-CPU array indexed by DSCP 0..63), for one direction. */
+/* Segment payload sizes in log2 bins: [1, 64), [64, 128), [128, 256), ..., [2048, 4096), [4096, inf). */
+#define DAPB_SIZE_BINS 8
+#define DAPB_SIZE_BIN0_LIMIT 64
+
 struct dapb_tc_stats {
 	__u64 packets;
 	__u64 bytes;
@@ -101,6 +105,7 @@ struct dapb_tc_stats {
 	__u64 small_packets; /* of those, payload < small_bytes */
 	__u64 payload_bytes;
 	__u64 dropped; /* by loss injection */
+	__u64 size_hist[DAPB_SIZE_BINS]; /* data segments by payload size */
 };
 
 #define DAPB_MAX_SOCKETS 65536

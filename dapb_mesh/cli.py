@@ -333,6 +333,7 @@ def _print_bench(result: dict, label: str = "") -> None:
         "max ms": ("latency_max_ms", "{:.2f}"),
         "Mb/s": ("throughput_mbps", "{:.2f}"),
         "CPU s": ("cpu_seconds", "{:.3f}"),
+        "proxy us/msg": ("proxy_cpu_us_per_message", "{:.1f}"),
         "eff": ("buffer_efficiency", "{:.2f}"),
         "+lat ms": ("added_latency_ms", "{:.3f}"),
         "C_eBPF us": ("ebpf_overhead_us", "{:.3f}"),

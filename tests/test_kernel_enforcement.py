@@ -240,6 +240,12 @@ def test_tc_counts_packets_per_dscp_and_injects_loss(pair, datapath):
     assert ingress.dropped > 0 and r.client["total_retrans"] > 0
     assert ingress.data_packets + ingress.dropped >= r.client["data_segs_out"] - 5
     assert ingress.payload_bytes >= 320_000
+    # every counted data segment lands in one payload-size bin; a coalesced burst fills segments (>= 1024 B):
+    # Nagle (Minshall) alternates full and short segments, so about half are full
+    sizes = list(ingress.size_hist)
+    assert sum(sizes) == ingress.data_packets
+    edges = L.size_bin_edges()
+    assert sum(n for lo, n in zip(edges, sizes, strict=True) if lo >= 1024) >= 0.4 * ingress.data_packets
 
 
 def test_missing_object_is_refused_clearly(tmp_path):

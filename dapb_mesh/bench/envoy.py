@@ -193,6 +193,7 @@ def run_envoy(
                 attach_cgroups=[p.container("sidecar") for p in mesh.pods],
                 agent_factory=make_agent,
                 before_run=before_run,
+                proxy_cgroups=[p.container("sidecar") for p in mesh.pods],
             )
         finally:
             dp.destroy()

@@ -41,6 +41,8 @@ class RawRun:
     cpu_seconds: float
     mss: int
     ebpf_ns: int = 0  # run time of the DAPB programs during the run, measured by the kernel
+    proxy_cpu_seconds: float | None = None  # CPU of the sidecar containers alone (None: no proxies)
+    segment_size_hist: list[int] | None = None  # tc's data segments per payload-size bin (layout.size_bin_edges)
     delay_hist_us: list[int] | None = None  # log2 bins of tcpwork.HIST_EDGES_US
 
     @classmethod
@@ -94,12 +96,14 @@ def summarize(run: RawRun) -> dict[str, float]:
         "segments_per_message": run.data_segments / run.messages if run.messages else 0.0,
         "throughput_mbps": run.bytes_received * 8 / run.elapsed_s / 1e6 if run.elapsed_s > 0 else 0.0,
         "cpu_seconds": run.cpu_seconds,
+        "proxy_cpu_seconds": run.proxy_cpu_seconds,
         # C_eBPF (eq. 13): X_eBPF - X_native is the time the programs themselves add, per message
         "ebpf_overhead_us": ebpf_overhead(run.ebpf_ns, 0) / run.messages / 1e3 if run.messages else 0.0,
         "n_reduced": n_reduced([run.messages], [run.data_segments]),
         "buffer_efficiency": buffer_efficiency(trace),
         "ideal_segments": -(-run.bytes_received // run.mss) if run.mss else 0,
         "delay_hist_us": list(run.delay_hist_us or []),
+        "segment_size_hist": list(run.segment_size_hist or []),
     }
 
 
@@ -107,9 +111,19 @@ def relate(modes: dict[str, dict[str, float]], baseline: str = "baseline") -> No
     """Fill the metrics defined against the baseline mode: added latency, CPU per message, throughput gain."""
     base = modes.get(baseline)
     for metrics in modes.values():
+        per_proxy = [
+            m["proxy_cpu_seconds"] / m["messages"] * 1e6
+            if m.get("proxy_cpu_seconds") is not None and m["messages"]
+            else None
+            for m in (metrics, base or {})
+        ]
+        metrics["proxy_cpu_us_per_message"] = per_proxy[0]
         if base is None:
             metrics |= {"added_latency_ms": None, "cpu_overhead_us": None, "throughput_gain": None}
+            metrics["proxy_cpu_overhead_us"] = None
             continue
+        # The sidecars' CPU per message against baseline: what the filter's hold costs (or saves: fewer writes)
+        metrics["proxy_cpu_overhead_us"] = None if None in per_proxy else per_proxy[0] - per_proxy[1]
         metrics["added_latency_ms"] = max(0.0, metrics["latency_mean_ms"] - base["latency_mean_ms"])
         per_msg = [m["cpu_seconds"] / m["messages"] * 1e6 if m["messages"] else 0.0 for m in (metrics, base)]
         metrics["cpu_overhead_us"] = per_msg[0] - per_msg[1]  # whole-pod CPU per message against baseline
@@ -124,6 +138,9 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
         if isinstance(values[0], list):  # histograms add up
             out[key] = [sum(bins) for bins in zip(*values, strict=True)]
         else:
-            out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
+            if None in values:
+                out[key] = None
+            else:
+                out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
     out["repeats"] = len(runs)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -64,6 +65,32 @@ def segments(modes: dict[str, dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def segment_sizes(modes: dict[str, dict], path: Path, title: str) -> bool:
+    """Bars of data segments per payload-size bin, per mode (counted by tc). False when no mode has counts."""
+    from dapb_mesh.kernel.layout import size_bin_edges
+
+    counted = {m: v["segment_size_hist"] for m, v in modes.items() if any(v.get("segment_size_hist") or [])}
+    if not counted:
+        return False
+    plt = _plt()
+    edges = size_bin_edges()
+    labels = [f"{lo}-{hi - 1}" for lo, hi in itertools.pairwise(edges)] + [f">={edges[-1]}"]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.8 / len(counted)
+    for i, (mode, hist) in enumerate(counted.items()):
+        ax.bar([x + i * width for x in range(len(hist))], hist, width=width, label=mode)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=30, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("segment payload (bytes)")
+    ax.set_ylabel("data segments")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def sweep(rates: dict[str, dict[str, dict]], path: Path, title: str) -> None:
     plt = _plt()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -113,6 +140,8 @@ def write_report(result: dict, directory: Path) -> Path:
             cells.append("-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value))
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     lines += ["", "![delay CDF](latency_cdf.png)", "", "![segments](segments.png)", ""]
+    if segment_sizes(result["modes"], directory / "segment_sizes.png", f"{title}: segment sizes"):
+        lines += ["![segment sizes](segment_sizes.png)", ""]
     if result.get("sweep"):
         sweep(result["sweep"], directory / "sweep.png", f"{title}: against the rate")
         lines += ["![rate sweep](sweep.png)", ""]

@@ -9,6 +9,7 @@ from pathlib import Path
 from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun, median_of, relate, summarize
 from dapb_mesh.bench.modes import ModePlan
+from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.testbed.impair import Impairment, apply_bottleneck
 
@@ -23,14 +24,17 @@ def cpu_usec(cgroup: Path) -> int:
     return 0
 
 
-def egress_segments(dp: Datapath, dscps: range | tuple[int, ...] = range(64)) -> tuple[int, int]:
-    """(data segments, small data segments) counted by tc on egress so far, over the given DSCPs."""
+def egress_segments(dp: Datapath, dscps: range | tuple[int, ...] = range(64)) -> tuple[int, int, list[int]]:
+    """(data segments, small data segments, segments per size bin) counted by tc on egress so far, over the
+    given DSCPs."""
     data = small = 0
+    sizes = [0] * L.SIZE_BINS
     for dscp in dscps:
         s = dp.tc_stats("egress", dscp)
         data += s.data_packets
         small += s.small_packets
-    return data, small
+        sizes = [a + b for a, b in zip(sizes, s.size_hist, strict=True)]
+    return data, small, sizes
 
 
 def program_ns(dp: Datapath) -> int:
@@ -52,11 +56,12 @@ def run_modes(
     attach_cgroups: list[Path] | None = None,
     agent_factory: Callable[[], Agent] | None = None,
     before_run: Callable[[ModePlan], None] = lambda _plan: None,
+    proxy_cgroups: list[Path] | None = None,
 ) -> dict[str, dict]:
     """Run every mode ``repeats`` times, rotating the order each repeat, and return the median metrics.
 
     CPU is read from ``cgroups``; programs attach to ``attach_cgroups`` (default: the same); segments are the
-    tc egress counts of ``count_dscps``.
+    tc egress counts of ``count_dscps``. ``proxy_cgroups`` (the sidecar containers) are also read alone.
     """
     attach_to = cgroups if attach_cgroups is None else attach_cgroups
     runs: dict[str, list[dict]] = {m: [] for m in modes}
@@ -79,6 +84,7 @@ def run_modes(
             agent = _start_agent(agent_factory) if p.agent else None
             timed = agent.datapath if agent is not None else dp
             cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(timed)
+            proxy0 = sum(cpu_usec(c) for c in proxy_cgroups or [])
             try:
                 raw = run_once()
                 raw.ebpf_ns = program_ns(timed) - ns0
@@ -87,8 +93,11 @@ def run_modes(
                     agents.append(_agent_summary(agent))
                     agent.stop()
             raw.cpu_seconds = (sum(cpu_usec(c) for c in cgroups) - cpu0) / 1e6
+            if proxy_cgroups:
+                raw.proxy_cpu_seconds = (sum(cpu_usec(c) for c in proxy_cgroups) - proxy0) / 1e6
             seg1 = egress_segments(dp, count_dscps)
             raw.small_segments = seg1[1] - seg0[1]
+            raw.segment_size_hist = [b - a for a, b in zip(seg0[2], seg1[2], strict=True)]
             if raw.data_segments < 0:  # the workload could not count: take the kernel's tc count
                 raw.data_segments = seg1[0] - seg0[0]
             runs[mode].append(summarize(raw))

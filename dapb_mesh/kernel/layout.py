@@ -27,6 +27,8 @@ S_APP_NODELAY = 1 << 8
 CFG_MSG_ACCOUNTING = 1 << 0
 
 HIST_SLOTS = 16
+SIZE_BINS = 8  # segment payload sizes, log2 bins from SIZE_BIN0_LIMIT
+SIZE_BIN0_LIMIT = 64
 MAX_SOCKETS = 65536
 MAX_PORT_RULES = 1024
 
@@ -105,6 +107,7 @@ class TcStats(ctypes.Structure):
         ("small_packets", u64),
         ("payload_bytes", u64),
         ("dropped", u64),
+        ("size_hist", u64 * SIZE_BINS),
     ]
 
 
@@ -126,6 +129,8 @@ CONSTANTS = {
     "DAPB_MAX_CLASSES": MAX_CLASSES,
     "DAPB_DSCP_LATENCY": DSCP_LATENCY,
     "DAPB_DSCP_THROUGHPUT": DSCP_THROUGHPUT,
+    "DAPB_SIZE_BINS": SIZE_BINS,
+    "DAPB_SIZE_BIN0_LIMIT": SIZE_BIN0_LIMIT,
     "DAPB_F_NAGLE": F_NAGLE,
     "DAPB_F_ACK_BOUND": F_ACK_BOUND,
     "DAPB_F_ACK_RTO_MIN": F_ACK_RTO_MIN,
@@ -140,6 +145,11 @@ CONSTANTS = {
 
 # The kernel accepts a delayed-ACK/RTO-min bound of at least 5 ms here (2 jiffies after rounding up).
 MIN_ACK_BOUND_US = 5000
+
+
+def size_bin_edges() -> list[int]:
+    """Lower edges of the segment-size bins (bytes of payload): 1, 64, 128, ... as the tc program bins them."""
+    return [1] + [SIZE_BIN0_LIMIT << k for k in range(SIZE_BINS - 1)]
 
 
 def class_policy(decision: Decision, kernel: KernelConfig) -> ClassPolicy:
