@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dapb_mesh import __version__
-from dapb_mesh.config import ConfigError, Settings, load_settings
+from dapb_mesh.config import ConfigError, PolicyConfig, Settings, load_settings
+from dapb_mesh.mesh.virtualservice import plugin_config
 from dapb_mesh.policy import Conditions, Prediction, Sensitivity, decide
 
 app = typer.Typer(
@@ -442,7 +443,7 @@ def filter_test(
     header: Annotated[list[str] | None, typer.Option("--header", "-H", help="'name: value' (repeatable).")] = None,
     plugin_config: Annotated[
         str, typer.Option("--config", help="Plugin configuration JSON, or @FILE.")
-    ] = '{"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4}',
+    ] = plugin_config([], PolicyConfig()),
     wasm: Annotated[Path, typer.Option("--wasm", help="The filter module.")] = Path("wasm_filter/dapb_filter.wasm"),
 ) -> None:
     """Run one request through the filter without Envoy and print the class it gives and the filter's log."""

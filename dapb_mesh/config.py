@@ -81,7 +81,11 @@ class PolicyConfig(_Strict):
     xi: Weight = 1.0
     """xi: ms of timeout per ms of jitter (eq. 3)."""
     u_threshold: Fraction = 0.5
-    """U_th: flush at once when the mean urgency U(t) exceeds it (eq. 6)."""
+    """U_th: flush at once when the mean urgency U(t) exceeds it (eq. 6); the filter's latency class above it."""
+    throughput_below: Fraction = 0.3
+    """The filter puts requests whose urgency is below this in the throughput class (held, coalesced)."""
+    default_urgency: Fraction = 0.4
+    """The urgency of a route no annotation or priority header speaks for (auto class between the two)."""
     eta_per_byte: Weight = 0.001
     """eta: energy cost per buffered byte (eq. 7), arbitrary energy units."""
     theta_per_ms: Weight = 0.1
@@ -100,6 +104,9 @@ class PolicyConfig(_Strict):
     """... or the loss rate by more than this (absolute) ..."""
     hysteresis_jitter_ms: Millis = 1.0
     """... or the jitter by more than this, or the class or urgency changes."""
+    hysteresis_rate_fraction: Weight = 0.2
+    """The enforcer (kernel or filter) changes only when the offered load per stream moved by more than this
+    fraction since the decision in force, so that a load near the crossover does not flap between them."""
 
     @model_validator(mode="after")
     def _ordered(self) -> PolicyConfig:

@@ -37,8 +37,12 @@ def held_mesh(hold_ms: int = HOLD_MS, hold_bytes: int = HOLD_BYTES, **mesh_optio
     table, _ = urgencies(vs)
     settings = Settings()
 
-    def config(hold: tuple[int, int], **extra) -> str:
-        return json.dumps({**json.loads(filter_config(table, settings, hold)), **extra})
+    def config(hold: tuple[int, int], buffer_limit_bytes: int = 0) -> str:
+        cfg = json.loads(filter_config(table, settings, hold))
+        cfg.pop("buffer_limit_bytes")
+        if buffer_limit_bytes:
+            cfg["buffer_limit_bytes"] = buffer_limit_bytes
+        return json.dumps(cfg)
 
     mesh = Mesh(
         "inter-pod",

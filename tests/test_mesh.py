@@ -8,12 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dapb_mesh.config import PolicyConfig
 from dapb_mesh.mesh.virtualservice import load_directory, parse_value, plugin_config, urgencies
 from dapb_mesh.mesh.wasm_host import HostError, ProxyWasmHost, classify
 from dapb_mesh.policy.urgency import priority_urgency
 
 WASM = Path(__file__).resolve().parents[1] / "wasm_filter" / "dapb_filter.wasm"
-CONFIG = plugin_config([], 0.5, 0.3, 0.4).encode()
+CONFIG = plugin_config([], PolicyConfig()).encode()
 
 
 def vs(name, routes, annotations=None):
@@ -93,7 +94,7 @@ def test_the_wasm_filter_and_python_agree_on_every_priority_header(header):
 
 def test_filter_classes_by_route_header_and_default():
     cfg = plugin_config(
-        urgencies(vs("t", ["ingest", "login"], {"dapb.io/route-urgency": "ingest: 0.1\nlogin: 0.9"}))[0], 0.5, 0.3, 0.4
+        urgencies(vs("t", ["ingest", "login"], {"dapb.io/route-urgency": "ingest: 0.1\nlogin: 0.9"}))[0], PolicyConfig()
     ).encode()
     assert classify(WASM, cfg, {}, "ingest")[0] == "throughput"
     assert classify(WASM, cfg, {}, "ingest~throughput")[0] == "throughput"  # class variants keep the route's urgency

@@ -236,3 +236,33 @@ def test_enforcer_is_the_filter_when_the_kernel_cannot_fill_segments_within_its_
     assert unknown.knobs.enforcer == "kernel"
     latency = decide(cond, Sensitivity.LATENCY, P, K, offered_bytes_per_s=64)
     assert latency.knobs.enforcer == "none"
+
+
+def test_the_enforcer_does_not_flap_around_the_crossover():
+    """The kernel fills 1.4 MSS within T_eff = 12 ms from about 169 kB/s per stream: near that load the enforcer
+    in force stays until the load moved by more than hysteresis_rate_fraction."""
+    cond = Conditions(0.1, 0.0, 0.0)
+
+    def at(rate: float):
+        return decide(cond, Sensitivity.THROUGHPUT, P, K, offered_bytes_per_s=rate)
+
+    held = at(150_000)
+    assert held.knobs.enforcer == "filter" and held.filter_hold == (held.buffer_bytes, math.floor(held.timeout_ms))
+    kept, changed = with_hysteresis(held, at(175_000), P)  # past the crossover, but only 17% more load
+    assert kept is held and not changed
+    switched, changed = with_hysteresis(held, at(200_000), P)
+    assert changed and switched.knobs.enforcer == "kernel" and switched.filter_hold == (0, 0)
+    back, changed = with_hysteresis(switched, at(165_000), P)  # below the crossover, 17.5% less: stays kernel
+    assert back is switched and not changed
+
+
+@given(st.lists(st.floats(50_000, 400_000), min_size=2, max_size=40))
+def test_enforcer_switches_only_on_a_load_change_beyond_the_fraction(rates):
+    cond = Conditions(0.1, 0.0, 0.0)
+    in_force = decide(cond, Sensitivity.THROUGHPUT, P, K, offered_bytes_per_s=rates[0])
+    for rate in rates[1:]:
+        candidate = decide(cond, Sensitivity.THROUGHPUT, P, K, offered_bytes_per_s=rate)
+        kept, _ = with_hysteresis(in_force, candidate, P)
+        if kept.knobs.enforcer != in_force.knobs.enforcer:
+            assert abs(rate - in_force.offered_bytes_per_s) > P.hysteresis_rate_fraction * in_force.offered_bytes_per_s
+        in_force = kept

@@ -13,6 +13,7 @@ import pytest
 from cli_run import bench_json
 
 from dapb_mesh.bench.metrics import CONTRACT_FIELDS
+from dapb_mesh.config import PolicyConfig
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import Snapshot, SnapshotError
 from dapb_mesh.testbed.mesh import Mesh
@@ -179,7 +180,7 @@ def test_filter_in_envoy_sends_classes_on_connections_with_their_dscp(tmp_path):
 
     from dapb_mesh.kernel.datapath import Datapath
     from dapb_mesh.mesh.companion import Companion
-    from dapb_mesh.mesh.virtualservice import RouteUrgency, plugin_config
+    from dapb_mesh.mesh.virtualservice import plugin_config
 
     vs = vs_doc("telemetry: throughput")
     vs_dir = tmp_path / "vs"
@@ -191,16 +192,15 @@ def test_filter_in_envoy_sends_classes_on_connections_with_their_dscp(tmp_path):
         routes=ec.class_routes([vs]),
         upstream_socket_options=ec.class_socket_options(),
         wasm_filter=wasm,
-        wasm_config=plugin_config([], 0.5, 0.3, 0.4),
+        wasm_config=plugin_config([], PolicyConfig()),
     )
     with mesh:
         client_node = ec.node_id(mesh.sidecars[0].spec)
         pushed = []
 
         def push(table):
-            entries = [RouteUrgency("default/svc-b", route, u) for route, u in table.items()]
             pushed.append(table)
-            mesh.update_routes(mesh.routes, f"filter-{len(pushed) + 1}", plugin_config(entries, 0.5, 0.3, 0.4))
+            mesh.update_routes(mesh.routes, f"filter-{len(pushed) + 1}", plugin_config(table, PolicyConfig()))
 
         companion = Companion(f"unix:{mesh.control_plane.socket_path}", client_node, vs_dir, on_change=push).start()
         dp = Datapath.load(f"test-wasm-{uuid.uuid4().hex[:6]}")

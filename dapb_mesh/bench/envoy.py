@@ -9,7 +9,6 @@ leave the client pod, so app-to-sidecar loopback traffic is not mixed in.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +34,7 @@ SOL_IP, IP_TOS = 0, 1
 
 
 WASM = Path(__file__).resolve().parents[2] / "wasm_filter" / "dapb_filter.wasm"
+ENVOY_BUFFER_LIMIT_BYTES = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes (the testbed keeps it)
 DSCP_AUTO = 18  # AF21 on the default cluster: only so that tc can count auto-class traffic
 
 
@@ -63,10 +63,8 @@ def bench_virtual_service(sensitivity: Sensitivity) -> dict:
     }
 
 
-def filter_config(table, settings: Settings, hold: tuple[int, int]) -> str:
-    cfg = json.loads(plugin_config(table, settings.policy.u_threshold, 0.3, 0.4))
-    cfg["hold_bytes"], cfg["hold_ms"] = hold
-    return json.dumps(cfg)
+def filter_config(table, settings: Settings, hold: tuple[int, int], **extra) -> str:
+    return plugin_config(table, settings.policy, hold=hold, buffer_limit_bytes=ENVOY_BUFFER_LIMIT_BYTES, **extra)
 
 
 def _rr_run(r: dict) -> RawRun:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from dapb_mesh.config import Settings
@@ -34,10 +33,7 @@ class ModePlan:
     @property
     def filter_hold(self) -> tuple[int, int]:
         """(hold_bytes, hold_ms) for the sidecar filter: (0, 0) unless the decision's enforcer is the filter."""
-        d = self.decision
-        if d is None or d.knobs.enforcer != "filter":
-            return (0, 0)
-        return (d.buffer_bytes, max(1, math.floor(d.timeout_ms)))  # never hold past T(t)
+        return (0, 0) if self.decision is None else self.decision.filter_hold
 
     @property
     def bound_ms(self) -> float | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 
 from dapb_mesh.mesh.sources import DirectorySource, KubernetesSource
-from dapb_mesh.mesh.virtualservice import Problem, RouteUrgency, urgencies
+from dapb_mesh.mesh.virtualservice import DEFAULT_URGENCY, Problem, RouteUrgency, urgencies
 
 log = logging.getLogger("dapb.companion")
 
@@ -85,7 +85,7 @@ class Companion:
         node_id: str,
         source: Path | DirectorySource | KubernetesSource,
         *,
-        default_urgency: float = 0.4,
+        default_urgency: float = DEFAULT_URGENCY,
         on_change: Callable[[dict[str, float]], None] | None = None,
         poll_s: float = 0.2,
         backoff_max_s: float = 5.0,

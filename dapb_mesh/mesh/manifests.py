@@ -12,11 +12,14 @@ How the pieces fit in a cluster:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
 
 from dapb_mesh import __version__
+from dapb_mesh.config import PolicyConfig
+from dapb_mesh.mesh import virtualservice
 from dapb_mesh.testbed.envoy_config import CLASS_DSCP, CLASS_HEADER
 
 NAMESPACE = "dapb-system"
@@ -54,7 +57,7 @@ def wasm_plugin(plugin_config: dict | None = None) -> dict:
             "phase": "STATS",
             "match": [{"mode": "CLIENT"}],
             "pluginName": "dapb",
-            "pluginConfig": plugin_config or {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4},
+            "pluginConfig": plugin_config or json.loads(virtualservice.plugin_config([], PolicyConfig())),
         },
     }
 

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from dapb_mesh.config import PolicyConfig
+
 ANNOTATION_DEFAULT = "dapb.io/urgency"
 ANNOTATION_ROUTES = "dapb.io/route-urgency"
 NAMED = {"latency": 1.0, "throughput": 0.0}
+DEFAULT_URGENCY = PolicyConfig().default_urgency  # "auto": the mesh default, one definition in the policy settings
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ def parse_value(raw: object, default: float) -> float:
     return float(raw)
 
 
-def urgencies(vs: dict, default: float = 0.4) -> tuple[list[RouteUrgency], list[Problem]]:
+def urgencies(vs: dict, default: float = DEFAULT_URGENCY) -> tuple[list[RouteUrgency], list[Problem]]:
     """Every named HTTP route of one VirtualService with its urgency, and what was wrong."""
     meta = vs.get("metadata") or {}
     name = f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
@@ -113,13 +117,29 @@ def load_directory(directory: Path) -> tuple[list[dict], list[Problem]]:
     return found, problems
 
 
-def plugin_config(table: list[RouteUrgency], u_threshold: float, throughput_below: float, default: float) -> str:
-    """The Wasm filter's configuration: a flat JSON object (see wasm_filter/dapb_filter.c)."""
-    cfg: dict[str, float] = {
-        "u_threshold": u_threshold,
-        "throughput_below": throughput_below,
-        "default_urgency": default,
+def plugin_config(
+    table: list[RouteUrgency] | Mapping[str, float],
+    policy: PolicyConfig,
+    *,
+    hold: tuple[int, int] = (0, 0),
+    buffer_limit_bytes: int = 0,
+    urgent_prefix: str = "",
+) -> str:
+    """The Wasm filter's configuration: a flat JSON object (see wasm_filter/dapb_filter.c). ``table``: urgency
+    per route (RouteUrgency entries or the companion's {route: urgency}); ``hold``: (B, T in ms) when the filter
+    enforces the throughput class's decision (Decision.filter_hold), (0, 0) otherwise."""
+    cfg: dict[str, float | int | str] = {
+        "u_threshold": policy.u_threshold,
+        "throughput_below": policy.throughput_below,
+        "default_urgency": policy.default_urgency,
+        "hold_bytes": hold[0],
+        "hold_ms": hold[1],
     }
-    for entry in table:
-        cfg[f"route:{entry.route}"] = round(entry.urgency, 3)
+    if buffer_limit_bytes:
+        cfg["buffer_limit_bytes"] = buffer_limit_bytes
+    if urgent_prefix:
+        cfg["urgent_prefix"] = urgent_prefix
+    pairs = table.items() if isinstance(table, Mapping) else ((e.route, e.urgency) for e in table)
+    for route, urgency in pairs:
+        cfg[f"route:{route}"] = round(urgency, 3)
     return json.dumps(cfg)

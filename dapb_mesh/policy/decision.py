@@ -69,6 +69,15 @@ class Decision:
     reason: str
     conditions: Conditions
     knobs: Knobs
+    offered_bytes_per_s: float | None = None  # the load per stream the enforcer was chosen for (None: unknown)
+
+    @property
+    def filter_hold(self) -> tuple[int, int]:
+        """(hold_bytes, hold_ms) for the sidecar filter: (0, 0) unless the filter enforces this decision. The
+        filter's clock counts whole milliseconds: never hold past T(t)."""
+        if self.knobs.enforcer != "filter":
+            return (0, 0)
+        return (self.buffer_bytes, max(1, math.floor(self.timeout_ms)))
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -159,6 +168,7 @@ def decide(
         reason=reason,
         conditions=cond,
         knobs=knobs,
+        offered_bytes_per_s=offered_bytes_per_s,
     )
 
 
@@ -204,6 +214,17 @@ def with_hysteresis(previous: Decision | None, candidate: Decision, cfg: PolicyC
         and previous.source is candidate.source
         and previous.fallback == candidate.fallback
     )
-    if same_rule and not conditions_moved(previous.conditions, candidate.conditions, cfg):
+    if same_rule and previous.knobs.enforcer != candidate.knobs.enforcer and not rate_moved(previous, candidate, cfg):
+        return previous, False  # the load wobbles around the kernel/filter crossover: keep the enforcer
+    same_enforcer = previous.knobs.enforcer == candidate.knobs.enforcer
+    if same_rule and same_enforcer and not conditions_moved(previous.conditions, candidate.conditions, cfg):
         return previous, False
     return candidate, candidate != previous
+
+
+def rate_moved(old: Decision, new: Decision, cfg: PolicyConfig) -> bool:
+    """True when the offered load per stream moved beyond the hysteresis fraction (or became known/unknown)."""
+    a, b = old.offered_bytes_per_s, new.offered_bytes_per_s
+    if a is None or b is None:
+        return (a is None) != (b is None)
+    return abs(b - a) > cfg.hysteresis_rate_fraction * max(a, 1.0)
