@@ -113,6 +113,7 @@ class ClassState:
     bytes: int = 0
     retrans: int = 0
     sockets: int = 0
+    active: int = 0  # sockets that sent in the last tick
 
 
 @dataclass
@@ -145,7 +146,7 @@ class Aggregator:
         """Account one tick; return cookies of closed sockets (to forget in the kernel map)."""
         n_classes = max(CLASS_NAMES) + 1
         for st in self.classes.values():
-            st.segments = st.bytes = st.retrans = st.sockets = 0
+            st.segments = st.bytes = st.retrans = st.sockets = st.active = 0
         cls = cols["class_id"]
         known = (cls >= 0) & (cls < n_classes) & np.isin(cls, list(CLASS_NAMES))
         self.rejected["bad_class"] += int((~known).sum())
@@ -175,11 +176,13 @@ class Aggregator:
 
         sums = {k: np.bincount(cls[good], weights=v[good], minlength=n_classes) for k, v in deltas.items()}
         count = np.bincount(cls, minlength=n_classes)
+        active = np.bincount(cls[good & (deltas["bytes_acked"] > 0)], minlength=n_classes)
         rtt_sum = np.bincount(cls[rtt_ok], weights=srtt[rtt_ok], minlength=n_classes)
         rtt_n = np.bincount(cls[rtt_ok], minlength=n_classes)
         cfg = self.settings.estimator
         for c, st in self.classes.items():
             st.sockets = int(count[c])
+            st.active = int(active[c])
             st.segments = int(sums["data_segs_out"][c])
             st.retrans = int(sums["total_retrans"][c])
             st.bytes = int(sums["bytes_acked"][c])
@@ -234,6 +237,8 @@ class Agent:
         self.reloads = {"ok": 0, "rejected": 0}
         self.predictor = None
         self.companion = None
+        self.publisher = None
+        self._publish_lock = threading.Lock()
         self.decision_counts: Counter[tuple[str, str]] = Counter()
         self.fallback_counts: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -250,6 +255,7 @@ class Agent:
             from dapb_mesh.predictor import load_predictor
 
             self.predictor = load_predictor(a.model)
+        self.publisher = self._make_publisher()
         if a.companion_target:
             self.companion = self._start_companion()
         if self.dry_run:
@@ -284,7 +290,49 @@ class Agent:
             source = KubernetesSource(client.ApiClient()).start()
         else:
             source = Path(a.virtual_services)
-        return Companion(a.companion_target, a.companion_node_id, source).start()
+        return Companion(
+            a.companion_target,
+            a.companion_node_id,
+            source,
+            default_urgency=self.settings.policy.default_urgency,
+            on_change=lambda _table: self.publish_filter_config(),
+        ).start()
+
+    def _make_publisher(self):
+        from dapb_mesh.mesh.publish import FilterConfigPublisher
+
+        a = self.settings.agent
+        if a.filter_config_file is None and not a.wasm_plugin:
+            return None
+        custom_objects = None
+        if a.wasm_plugin:
+            from kubernetes import client, config
+
+            config.load_incluster_config()
+            custom_objects = client.CustomObjectsApi()
+        return FilterConfigPublisher(a.filter_config_file, a.wasm_plugin, custom_objects)
+
+    def filter_config(self) -> str:
+        """The filter's plugin configuration now: the companion's route urgencies, and the throughput class's
+        hold when the policy names the filter as its enforcer."""
+        from dapb_mesh.mesh.virtualservice import plugin_config
+
+        a = self.settings.agent
+        table = dict(self.companion.state.table) if self.companion is not None else {}
+        decision = self.aggregator.classes[L.CLASS_THROUGHPUT].decision
+        return plugin_config(
+            table,
+            self.settings.policy,
+            hold=decision.filter_hold if decision is not None else (0, 0),
+            buffer_limit_bytes=a.proxy_buffer_limit_bytes,
+            urgent_prefix=a.urgent_prefix,
+        )
+
+    def publish_filter_config(self) -> bool:
+        if self.publisher is None:
+            return False
+        with self._publish_lock:
+            return self.publisher.publish(self.filter_config())
 
     def _apply_rules(self) -> None:
         a, dp = self.settings.agent, self.datapath
@@ -349,6 +397,14 @@ class Agent:
             return dict.fromkeys(DECIDED)
         return dict(zip(DECIDED, predictions, strict=True))
 
+    def _offered_per_stream(self, cls: int) -> float | None:
+        """Bytes per second one sending socket of the class offered in the last tick (the mean over the sockets
+        that sent); None when none sent, so that an idle class keeps the kernel as its enforcer."""
+        st = self.aggregator.classes[cls]
+        if not st.active:
+            return None
+        return st.bytes * self.settings.agent.tick_hz / st.active
+
     def _decide_all(self, force: bool = False) -> dict[int, Decision]:
         out = {}
         predictions = self._predictions()
@@ -366,6 +422,7 @@ class Agent:
                 self.settings.kernel,
                 use_predictor=use_predictor,
                 prediction=predictions[cls],
+                offered_bytes_per_s=self._offered_per_stream(cls),
             )
             kept, _ = with_hysteresis(None if force else st.decision, candidate, self.settings.policy)
             out[cls] = kept
@@ -386,11 +443,16 @@ class Agent:
         if self.store is not None:
             for cls, d in decisions.items():
                 self.store.record_decision(CLASS_NAMES[cls], d, version)
+        self.publish_filter_config()
         return version
 
-    def tick(self) -> TickReport:
+    def tick(self, telemetry: dict | None = None) -> TickReport:
+        """One round: telemetry (from the kernel unless given, as columns), decisions, and a write if they
+        changed and the rate limit allows."""
         cpu0 = time.process_time()
-        cols = columns_from_kernel(self.datapath.sock_stats() if self.datapath is not None else [])
+        cols = telemetry
+        if cols is None:
+            cols = columns_from_kernel(self.datapath.sock_stats() if self.datapath is not None else [])
         closed = self.aggregator.ingest(cols)
         if closed and self.datapath is not None:
             self.datapath.forget_sockets(closed)

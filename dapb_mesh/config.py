@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _TIME_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -206,6 +206,30 @@ class AgentConfig(_Strict):
     """Ask the ONNX predictor for B(t) (eq. 4-5); otherwise the formula (eq. 2)."""
     model: Path = Path("models/dapb_predictor.onnx")
     """The predictor model file."""
+    filter_config_file: Path | None = None
+    """Write the Wasm filter's plugin configuration (JSON) here whenever it changes: the route urgencies and,
+    when the filter enforces the throughput class, its hold (B, T). For a control plane that serves it."""
+    wasm_plugin: str = ""
+    """namespace/name of the Istio WasmPlugin whose pluginConfig the agent keeps current (RBAC in istio/);
+    empty: none."""
+    proxy_buffer_limit_bytes: Bytes = 1 << 20
+    """The sidecars' per-connection buffer limit (Envoy's default 1 MiB): the filter's hold stays under half."""
+    urgent_prefix: str = ""
+    """A message (body chunk) starting with these bytes is urgent: the filter sends what it holds at once."""
+
+    @field_validator("wasm_plugin")
+    @classmethod
+    def _namespace_name(cls, v: str) -> str:
+        if v and (v.count("/") != 1 or not all(v.split("/"))):
+            raise ValueError(f"{v!r} is not namespace/name")
+        return v
+
+    @field_validator("urgent_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if len(v.encode()) > 16 or '"' in v or "\\" in v:
+            raise ValueError(f"{v!r}: at most 16 bytes, no quote or backslash (the filter takes it byte for byte)")
+        return v
 
 
 class Settings(_Strict):

@@ -330,3 +330,45 @@ def test_agent_with_companion_exports_route_urgency_and_keeps_it_when_the_contro
         agent.stop()
         server.shutdown()
         plane.stop()
+
+
+def test_agent_hands_a_low_rate_throughput_class_to_the_filter_and_publishes_its_hold(tmp_path):
+    """Dry run (decisions without the kernel) with telemetry given as the kernel would report it; the filter's
+    configuration goes to a file. 64 kB/s per socket cannot fill segments within the kernel's 12 ms bound: the
+    filter holds (B, T); at 640 kB/s the kernel coalesces and the hold is withdrawn."""
+    out = tmp_path / "filter.json"
+    s = parse_settings(
+        {
+            "agent": {
+                "store": str(tmp_path / "h.db"),
+                "filter_config_file": str(out),
+                "min_write_interval_s": 0,
+                "urgent_prefix": "!",
+            }
+        }
+    )
+    agent = Agent(s, dry_run=True)
+    agent.start()
+    acked, ticks = 0.0, 0
+
+    def run(bytes_per_s: float, n: int) -> dict:
+        nonlocal acked, ticks
+        for _ in range(n):
+            ticks += 1
+            acked += bytes_per_s / s.agent.tick_hz
+            agent.tick(columns_from_samples([sample(1, srtt=0.1, segs=ticks, acked=acked, upd=ticks)]))
+        return json.loads(out.read_text())
+
+    try:
+        idle = json.loads(out.read_text())
+        assert idle["hold_bytes"] == 0 and idle["urgent_prefix"] == "!" and idle["buffer_limit_bytes"] == 1 << 20
+        low = run(64_000, 5)
+        decision = agent.aggregator.classes[L.CLASS_THROUGHPUT].decision
+        assert decision.knobs.enforcer == "filter"
+        assert (low["hold_bytes"], low["hold_ms"]) == decision.filter_hold and low["hold_ms"] >= 1
+        assert snapshot({L.CLASS_THROUGHPUT: decision}, s)[L.CLASS_THROUGHPUT].flags & L.F_NAGLE == 0
+        high = run(640_000, 5)
+        assert agent.aggregator.classes[L.CLASS_THROUGHPUT].decision.knobs.enforcer == "kernel"
+        assert high["hold_bytes"] == 0 and agent.publisher.published == 3
+    finally:
+        agent.stop()

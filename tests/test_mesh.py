@@ -121,3 +121,38 @@ def test_many_requests_do_not_grow_filter_memory():
         if i == 100:
             size = host.memory.size(host.store)
     assert host.memory.size(host.store) == size  # freed buffers are reused
+
+
+def test_publisher_patches_the_wasmplugin_only_on_change_and_retries_after_a_failure(tmp_path):
+    """A stand-in for kubernetes.client.CustomObjectsApi: no Kubernetes API server runs on this machine."""
+    from dapb_mesh.mesh.publish import FilterConfigPublisher
+
+    class FakeCustomObjects:
+        def __init__(self):
+            self.patches, self.fail_next = [], False
+
+        def patch_namespaced_custom_object(self, **kw):
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("503 from the API server")
+            self.patches.append(kw)
+
+    api = FakeCustomObjects()
+    out = tmp_path / "filter.json"
+    pub = FilterConfigPublisher(out, "istio-system/dapb", api)
+    first = plugin_config({"telemetry": 0.0}, PolicyConfig(), hold=(1448, 10))
+    assert pub.publish(first) and not pub.publish(first)  # unchanged: no second patch
+    patch = api.patches[0]
+    assert (patch["group"], patch["plural"], patch["namespace"], patch["name"]) == (
+        "extensions.istio.io",
+        "wasmplugins",
+        "istio-system",
+        "dapb",
+    )
+    assert patch["body"]["spec"]["pluginConfig"]["hold_ms"] == 10 and json.loads(out.read_text())["hold_bytes"] == 1448
+    second = plugin_config({"telemetry": 0.0}, PolicyConfig())
+    api.fail_next = True
+    assert not pub.publish(second) and pub.failures == 1
+    assert pub.publish(second) and api.patches[-1]["body"]["spec"]["pluginConfig"]["hold_bytes"] == 0
+    # the filter accepts what the publisher writes
+    assert ProxyWasmHost(WASM, out.read_bytes()).configure()
