@@ -198,15 +198,21 @@ def bench(
         typer.Option(
             "--scenario",
             "-s",
-            help="stream-small (all archs); stream-auto, burst, write-write-read, pingpong (raw); agent-tick (the "
-            "control loop); predictor (inference cost).",
+            help="stream-small, req-resp, mixed (through sidecars: every arch but raw; stream-small also raw); "
+            "stream-auto, burst, write-write-read, pingpong (raw); agent-tick (the control loop); predictor "
+            "(inference cost).",
         ),
     ],
     modes: Annotated[
         str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb, dapb-ml, agent.")
     ] = "baseline,nagle,dapb",
     arch: Annotated[
-        str, typer.Option("--arch", help="inter-pod, intra-pod (real Envoy sidecars), or raw (kernel only).")
+        str,
+        typer.Option(
+            "--arch",
+            help="Real Envoy sidecars: inter-pod, intra-pod, chain:N (N pods in a line, relays between), fan-out:N "
+            "(one client, N - 1 servers at once); or raw (kernel only, no proxies).",
+        ),
     ] = "inter-pod",
     rate: Annotated[
         str, typer.Option("--rate", help="Messages per second; a comma-separated list sweeps the rates.")
@@ -233,7 +239,7 @@ def bench(
     from dapb_mesh.bench.envoy import ENVOY_SCENARIOS, run_envoy
     from dapb_mesh.bench.modes import validate_modes
     from dapb_mesh.bench.raw import RAW_SCENARIOS, run_raw
-    from dapb_mesh.testbed.mesh import ARCHS
+    from dapb_mesh.testbed.mesh import parse_arch
 
     settings = _settings(config)
     if scenario == "agent-tick":  # the control loop's own cost; modes and arch do not apply
@@ -267,8 +273,11 @@ def bench(
         raise typer.BadParameter(f"{rate!r} is not a number or a list of numbers", param_hint="--rate") from None
     if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
         raise typer.BadParameter(f"{rate!r}: rates must be positive numbers", param_hint="--rate")
-    if arch not in (*ARCHS, "raw"):
-        raise typer.BadParameter(f"{arch!r}; choose from {', '.join((*ARCHS, 'raw'))}", param_hint="--arch")
+    if arch != "raw":
+        try:
+            parse_arch(arch)
+        except ValueError as error:
+            raise typer.BadParameter(f"{error} (or raw)", param_hint="--arch") from None
     known = RAW_SCENARIOS if arch == "raw" else ENVOY_SCENARIOS
     if scenario not in known:
         raise typer.BadParameter(
@@ -523,7 +532,9 @@ def train_fit(
 
 @testbed_app.command("up")
 def testbed_up(
-    arch: Annotated[str, typer.Option("--arch", help="inter-pod or intra-pod.")] = "inter-pod",
+    arch: Annotated[
+        str, typer.Option("--arch", help="inter-pod, intra-pod, chain:N or fan-out:N (N pods, 2 to 8).")
+    ] = "inter-pod",
     plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -536,11 +547,13 @@ def testbed_up(
     import time
 
     from dapb_mesh import owners
-    from dapb_mesh.testbed.mesh import ARCHS, Mesh
+    from dapb_mesh.testbed.mesh import Mesh, parse_arch
 
     settings = _settings(config)
-    if arch not in ARCHS:
-        raise typer.BadParameter(f"{arch!r}; choose from {', '.join(ARCHS)}", param_hint="--arch")
+    try:
+        parse_arch(arch)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--arch") from None
 
     runner = os.getpid()
 
@@ -565,13 +578,14 @@ def testbed_up(
         for pod, svc, sidecar in zip(mesh.pods, mesh.services, mesh.sidecars, strict=True):
             table.add_row(pod.name, pod.netns, pod.address, f"{svc.name}:{svc.port}", str(sidecar.admin))
         console.print(table)
-        server = mesh.server_pod.address
+        target = mesh.targets[0]
+        server, host = target.addresses[0], target.name
         ns = mesh.client_pod.netns
         console.print(
             "Send traffic through the sidecars from the client pod:\n"
-            f"  nsenter --net=/run/netns/{ns} curl -s -H 'Host: svc-b' http://{server}:8080/\n"
-            f"  nsenter --net=/run/netns/{ns} h2load -n 1000 -c 4 -H 'Host: svc-b' http://{server}:8080/\n"
-            f"  nsenter --net=/run/netns/{ns} wrk -d 5 -c 4 -H 'Host: svc-b' http://{server}:8080/\n"
+            f"  nsenter --net=/run/netns/{ns} curl -s -H 'Host: {host}' http://{server}:8080/\n"
+            f"  nsenter --net=/run/netns/{ns} h2load -n 1000 -c 4 -H 'Host: {host}' http://{server}:8080/\n"
+            f"  nsenter --net=/run/netns/{ns} wrk -d 5 -c 4 -H 'Host: {host}' http://{server}:8080/\n"
             "Ctrl-C (or `dapb testbed down`) removes it all."
         )
         while True:

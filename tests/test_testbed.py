@@ -13,7 +13,7 @@ import pytest
 from cli_run import bench_json
 
 from dapb_mesh.bench.metrics import CONTRACT_FIELDS
-from dapb_mesh.config import PolicyConfig
+from dapb_mesh.config import PolicyConfig, Settings
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import Snapshot, SnapshotError
 from dapb_mesh.testbed.mesh import Mesh
@@ -128,6 +128,56 @@ def test_bench_inter_pod_quick_json_has_every_contract_metric(tmp_path):
     assert nagle["enforced_bound_ms"] is None  # forced Nagle has no bound (its stalls: test_kernel_enforcement)
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + dapb["enforced_bound_ms"] + 4
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "latency_cdf.png").exists()
+    assert (tmp_path / "report" / "segment_sizes.png").exists()
+    for m in (base, dapb):  # the size histograms of the three runs add up (exact per run: the chain test)
+        assert len(m["segment_size_hist"]) == 8 and sum(m["segment_size_hist"]) >= m["data_segments"]
+
+
+@pytest.mark.parametrize("arch, streams, hops", [("chain:3", 1, 2), ("fan-out:3", 2, 1)])
+def test_chain_and_fan_out_deliver_every_message_and_dapb_coalesces_every_hop(tmp_path, arch, streams, hops):
+    """chain:3: the stream passes a relay pod (two network hops, four sidecar passes), segments counted on every
+    sending pod; fan-out:3: the client streams to two server pods at once."""
+    result = bench_json(
+        tmp_path / "out.json", "--scenario", "stream-small", "--modes", "baseline,dapb", "--arch", arch, "--quick"
+    )
+    assert result["workload"]["streams"] == streams and result["workload"]["hops"] == hops
+    base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
+    for m in (base, dapb):
+        assert m["lost_bytes"] == 0 and m["messages"] == result["workload"]["messages"]
+        assert m["data_segments"] >= hops * m["ideal_segments"]  # every hop's segments are counted
+        assert sum(m["segment_size_hist"]) == m["data_segments"]  # tc bins every data segment by payload size
+    assert dapb["data_segments"] < 0.25 * base["data_segments"]
+    tick = Settings().kernel.tick_ms
+    # each hop may hold a message for its bound (the kernel's T_eff plus a tick)
+    assert dapb["latency_max_ms"] <= base["latency_max_ms"] + hops * (dapb["enforced_bound_ms"] + tick)
+
+
+def test_arch_names_are_checked():
+    from dapb_mesh.testbed.mesh import parse_arch
+
+    assert parse_arch("chain:4") == ("chain", 4) and parse_arch("inter-pod") == ("inter-pod", 2)
+    for bad in ("chain:1", "chain:x", "fan-out:99", "ring:3"):
+        with pytest.raises(ValueError, match=r"ring|N must be"):
+            parse_arch(bad)
+
+
+def test_fan_out_answers_merge_counts_and_delays():
+    from dapb_mesh.testbed.apps import merge
+
+    def answer(n, p50, mx, hist):
+        delays = {"p50": p50, "p99": mx, "max": mx, "mean": p50, "hist_us": hist}
+        return {
+            "messages_sent": n,
+            "elapsed_s": n / 10,
+            "error": None,
+            "server": {"messages": n, "in_order": True, "delay_ms": delays},
+        }
+
+    merged = merge([answer(10, 1.0, 2.0, [10, 0]), answer(30, 3.0, 5.0, [0, 30])])
+    assert merged["messages_sent"] == 40 and merged["elapsed_s"] == 3.0 and merged["error"] is None
+    d = merged["server"]["delay_ms"]
+    assert d["max"] == 5.0 and d["hist_us"] == [10, 30] and d["mean"] == (10 * 1.0 + 30 * 3.0) / 40
+    assert merged["server"]["in_order"] and merged["server"]["messages"] == 40
 
 
 def test_a_killed_runner_leaves_nothing_after_down():

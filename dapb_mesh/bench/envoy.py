@@ -25,7 +25,7 @@ from dapb_mesh.mesh.virtualservice import plugin_config, urgencies
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
-from dapb_mesh.testbed.mesh import Mesh
+from dapb_mesh.testbed.mesh import Mesh, parse_arch
 
 ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT, "req-resp": Sensitivity.AUTO}
 """stream-small: small messages on one HTTP/2 stream; req-resp: 1 KiB answers at a fixed rate over 2 connections
@@ -38,29 +38,37 @@ ENVOY_BUFFER_LIMIT_BYTES = 1 << 20  # Envoy's default per_connection_buffer_limi
 DSCP_AUTO = 18  # AF21 on the default cluster: only so that tc can count auto-class traffic
 
 
-def bench_virtual_service(sensitivity: Sensitivity) -> dict:
-    """svc-b's routes for the bench: /stream in the scenario's class, everything else auto."""
+def bench_virtual_service(sensitivity: Sensitivity, host: str = "svc-b") -> dict:
+    """A service's routes for the bench: /stream in the scenario's class, everything else auto."""
     urgency = {Sensitivity.THROUGHPUT: "throughput", Sensitivity.LATENCY: "latency"}.get(sensitivity, "auto")
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {
-            "name": "svc-b",
+            "name": host,
             "namespace": "default",
             "annotations": {"dapb.io/route-urgency": f"stream: {urgency}"},
         },
         "spec": {
-            "hosts": ["svc-b"],
+            "hosts": [host],
             "http": [
                 {
                     "name": "stream",
                     "match": [{"uri": {"prefix": "/stream"}}],
-                    "route": [{"destination": {"host": "svc-b"}}],
+                    "route": [{"destination": {"host": host}}],
                 },
-                {"name": "api", "route": [{"destination": {"host": "svc-b"}}]},
+                {"name": "api", "route": [{"destination": {"host": host}}]},
             ],
         },
     }
+
+
+def bench_virtual_services(sensitivity: Sensitivity, arch: str) -> list[dict]:
+    """One per service a stream reaches: svc-b for inter-pod, svc-b.. for chain and fan-out (svc-a for
+    intra-pod, where client and server share the pod)."""
+    kind, n = parse_arch(arch)
+    hosts = ["svc-a"] if kind == "intra-pod" else [f"svc-{chr(ord('a') + i)}" for i in range(1, n)]
+    return [bench_virtual_service(sensitivity, h) for h in hosts]
 
 
 def filter_config(table, settings: Settings, hold: tuple[int, int], **extra) -> str:
@@ -119,13 +127,13 @@ def run_envoy(
     # class routes lead to clusters whose sockets carry the class's DSCP. The default cluster is marked AF21 so
     # that tc can count auto-class traffic too. A fresh sidecar-to-sidecar connection per run, so each mode's
     # sockets are classified at establishment.
-    vs = bench_virtual_service(sensitivity)
-    table, _ = urgencies(vs)
+    services = bench_virtual_services(sensitivity, arch)
+    table = [entry for vs in services for entry in urgencies(vs)[0]]
     mesh = Mesh(
         arch,
         plaintext=plaintext,
         kernel=settings.kernel,
-        routes=ec.class_routes([vs]),
+        routes=ec.class_routes(services),
         upstream_socket_options={**ec.class_socket_options(), "": [tos_option(DSCP_AUTO)]},
         requests_per_connection=1,
         pin_cpus=True,
@@ -148,8 +156,9 @@ def run_envoy(
         try:
             dp.set_dscp_class(dscp, cls)
             dp.set_port_class(ec.INBOUND_PORT, L.CLASS_RECEIVER)
+            for netns, ifname in mesh.sending_interfaces:  # every hop's segments, counted where they leave
+                dp.attach_tc(ifname, netns=netns)
             netns, ifname = mesh.hop_interface
-            dp.attach_tc(ifname, netns=netns)
             impair(dp, impairment, (netns, ifname), (mesh.server_pod.netns, mesh.hop_interface[1]))
 
             def once() -> RawRun:
@@ -158,7 +167,7 @@ def run_envoy(
                 r = mesh.stream(rate, count, msg_size)
                 return RawRun.from_delays(  # segments: counted by tc at the class's DSCP
                     r["server"]["delay_ms"],
-                    messages=count,
+                    messages=r["messages_sent"],
                     bytes_sent=r["bytes_sent"],
                     bytes_received=r["server"]["bytes"],
                     elapsed_s=r["elapsed_s"],
@@ -198,7 +207,14 @@ def run_envoy(
     return {
         "scenario": scenario,
         "arch": arch,
-        "workload": {"messages": count, "msg_size": msg_size, "rate": rate, "mtls": not plaintext},
+        "workload": {
+            "messages": count * len(mesh.targets),
+            "msg_size": msg_size,
+            "rate": rate,
+            "streams": len(mesh.targets),
+            "hops": mesh.hops,
+            "mtls": not plaintext,
+        },
         "impairment": impairment.describe(),
         "sensitivity": sensitivity.value,
         "modes": result_modes,

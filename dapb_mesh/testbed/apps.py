@@ -6,6 +6,8 @@ server: POST /stream takes a chunked body of fixed-size messages (sequence numbe
         abort, proxy killed) is still accounted for. `x-fail-after: K` makes it reset the connection after K
         messages (an upstream failure). Any other request gets a body of x-response-size bytes (default 1 KiB),
         for request/response load from wrk, h2load or curl.
+relay:  the middle of a chain: POST /stream is forwarded chunk by chunk, as it arrives, to --next (through this
+        pod's sidecar), and the next hop's answer is returned. Other requests are served as by the server.
 client: POST /stream at a fixed rate, one chunk per message, then (after --pause-ms) ends the body and prints the
         server's answer plus its own view, or with --abort resets the connection instead.
 
@@ -32,6 +34,7 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     results_dir: Path | None = None
+    forward_to: tuple[str, int, str] | None = None  # relay: (host, port, authority) of the next hop
 
     def log_message(self, *args) -> None:  # quiet: the bench reads stdout
         pass
@@ -53,6 +56,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(b"r" * size)
 
     def do_POST(self) -> None:
+        if self.path.startswith("/stream") and self.forward_to is not None:
+            self._relay()
+            return
         if self.path.startswith("/stream"):
             summary = self._stream()
             if summary["complete"]:
@@ -92,9 +98,37 @@ class _Handler(BaseHTTPRequestHandler):
             path.with_suffix(".tmp").rename(path)
         return summary
 
+    def _relay(self) -> None:
+        """Forward the chunked body to the next hop as it arrives (one write per chunk), then its answer back."""
+        host, port, authority = self.forward_to
+        extra = "".join(f"{k}: {self.headers[k]}\r\n" for k in ("x-msg-size", "x-stream-id") if self.headers.get(k))
+        try:
+            with socket.create_connection((host, port), timeout=60) as down:
+                down.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                down.sendall(
+                    f"POST /stream HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n{extra}\r\n".encode()
+                )
+                while line := self.rfile.readline():
+                    n = int(line.split(b";")[0], 16)
+                    chunk = self.rfile.read(n) if n else b""
+                    self.rfile.readline()
+                    down.sendall(b"%x\r\n%s\r\n" % (n, chunk))
+                    if n == 0:
+                        break
+                answer = _read_response(down)
+        except (OSError, RuntimeError, ValueError) as error:
+            self.send_response(502)
+            body = json.dumps({"error": f"relay to {authority}: {error}"}).encode()
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self._reply(json.dumps(answer).encode(), "application/json")
 
-def serve(port: int, results_dir: Path | None = None) -> None:
+
+def serve(port: int, results_dir: Path | None = None, forward_to: tuple[str, int, str] | None = None) -> None:
     _Handler.results_dir = results_dir
+    _Handler.forward_to = forward_to
     server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
     server.daemon_threads = True
     print("ready", flush=True)
@@ -222,9 +256,43 @@ def request_response(
     }
 
 
+def merge_delays(parts: list[dict]) -> dict:
+    """Delay summaries of several streams as one: histograms add up, max and the message-weighted mean are
+    exact; p50 and p99 are the largest of the parts (an upper bound: the parts' samples are not kept)."""
+    return {
+        "p50": max(p["p50"] for p in parts),
+        "p99": max(p["p99"] for p in parts),
+        "max": max(p["max"] for p in parts),
+        "mean": sum(p["mean"] * sum(p["hist_us"]) for p in parts) / max(1, sum(sum(p["hist_us"]) for p in parts)),
+        "hist_us": [sum(b) for b in zip(*(p["hist_us"] for p in parts), strict=True)],
+    }
+
+
+def merge(answers: list[dict]) -> dict:
+    """The answers of several clients (fan-out) as one: counts and bytes add up, times take the longest,
+    flags must all hold, delay summaries merge (merge_delays), the first error is kept."""
+    out: dict = {}
+    for key, first in answers[0].items():
+        values = [a.get(key) for a in answers]
+        if key in ("delay_ms", "latency_ms"):
+            out[key] = merge_delays(values)
+        elif isinstance(first, dict):
+            out[key] = merge(values)
+        elif isinstance(first, bool):
+            out[key] = all(values)
+        elif key == "error" or first is None:
+            out[key] = next((v for v in values if v), None)
+        elif key.startswith("elapsed"):
+            out[key] = max(values)
+        else:
+            out[key] = sum(values)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=["server", "client", "rr"])
+    parser.add_argument("role", choices=["server", "relay", "client", "rr"])
+    parser.add_argument("--next", help="relay: host:port of the next hop")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--authority", default="svc-b:8080", help="Host header: which service the route is for")
@@ -239,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abort", action="store_true", help="client: reset the connection instead of ending")
     parser.add_argument("--fail-after", type=int, default=0, help="client: ask the server to reset after K messages")
     args = parser.parse_args(argv)
-    if args.role == "server":
-        serve(args.port, args.results)
+    if args.role in ("server", "relay"):
+        forward = None
+        if args.role == "relay":
+            if not args.next or ":" not in args.next:
+                parser.error("relay needs --next host:port")
+            host, _, port = args.next.rpartition(":")
+            forward = (host, int(port), args.authority)
+        serve(args.port, args.results, forward)
         return 0
     if args.role == "rr":
         json.dump(

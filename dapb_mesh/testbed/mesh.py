@@ -3,7 +3,8 @@ sidecar in each capturing traffic as Istio does (iptables REDIRECT to 15001/1500
 configured over ADS by the testbed control plane, with mutual TLS between sidecars unless plaintext.
 
 Architectures: ``intra-pod`` (client and server app in one pod, one sidecar), ``inter-pod`` (two pods, two
-sidecars).
+sidecars), ``chain:N`` (N pods in a line: the client's stream passes relay apps in the middle pods, 2 (N - 1)
+sidecar passes, N - 1 network hops), ``fan-out:N`` (the client streams to N - 1 server pods at once).
 """
 
 from __future__ import annotations
@@ -37,7 +38,24 @@ from dapb_mesh.testbed.netns import (
 )
 from dapb_mesh.testbed.pki import TestbedCA
 
-ARCHS = ("inter-pod", "intra-pod")
+ARCHS = ("inter-pod", "intra-pod", "chain:N", "fan-out:N")
+MAX_PODS = 8  # each pod runs an Envoy (about 40 MB): enough for the paper's topologies on a small machine
+
+
+def parse_arch(arch: str) -> tuple[str, int]:
+    """("inter-pod", 2), ("intra-pod", 1), ("chain", N) or ("fan-out", N); ValueError names the bad value."""
+    if arch == "inter-pod":
+        return "inter-pod", 2
+    if arch == "intra-pod":
+        return "intra-pod", 1
+    kind, sep, count = arch.partition(":")
+    if sep and kind in ("chain", "fan-out"):
+        if not count.isdigit() or not 2 <= int(count) <= MAX_PODS:
+            raise ValueError(f"{arch!r}: N must be a whole number of pods from 2 to {MAX_PODS}")
+        return kind, int(count)
+    raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+
+
 APP_PORT = 8080
 RUN_ROOT = Path("/run/dapb")
 
@@ -182,8 +200,7 @@ class Mesh:
         wasm_config: str = "",
         buffer_limit_bytes: int = 0,
     ):
-        if arch not in ARCHS:
-            raise ValueError(f"unknown arch {arch!r}; choose from {', '.join(ARCHS)}")
+        self.kind, self.n_pods = parse_arch(arch)
         self.arch, self.plaintext = arch, plaintext
         self.kernel = kernel or KernelConfig()
         self.run_id = uuid.uuid4().hex[:8]
@@ -218,9 +235,30 @@ class Mesh:
         return self.services[-1]
 
     @property
+    def targets(self) -> list[ec.Service]:
+        """The services the client app streams to: every server pod for fan-out, else the next pod (the first
+        relay of a chain, the server of inter-pod) or its own pod (intra-pod)."""
+        if self.kind == "fan-out":
+            return self.services[1:]
+        return self.services[1:2] or self.services[:1]
+
+    @property
     def hop_interface(self) -> tuple[str, str]:
         """(netns, interface) where the sidecar-to-sidecar packets leave the client pod."""
-        return (self.client_pod.netns, "lo" if self.arch == "intra-pod" else self.client_pod.ifname)
+        return (self.client_pod.netns, "lo" if self.kind == "intra-pod" else self.client_pod.ifname)
+
+    @property
+    def sending_interfaces(self) -> list[tuple[str, str]]:
+        """(netns, interface) of every pod whose sidecar sends streamed data to another pod: the client pod,
+        and in a chain every relay pod too (their tc counters add up to the segments of all hops)."""
+        if self.kind == "chain":
+            return [(p.netns, p.ifname) for p in self.pods[:-1]]
+        return [self.hop_interface]
+
+    @property
+    def hops(self) -> int:
+        """Sidecar-to-sidecar passes a streamed message makes: each may hold it for up to the bound."""
+        return self.n_pods - 1 if self.kind == "chain" else 1
 
     def __enter__(self) -> Mesh:
         try:
@@ -241,7 +279,7 @@ class Mesh:
         owners.register(f"pods-{self.run_id}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.workdir.chmod(0o755)
-        n = 1 if self.arch == "intra-pod" else 2
+        n = self.n_pods
         progress(f"creating {n} pod(s)")
         create_netns(self.bridge_ns)
         with NetNS(self.bridge_ns) as br:
@@ -310,23 +348,30 @@ class Mesh:
             sidecar.wait_ready()
         progress("starting the apps")
         self.results_dir.mkdir(exist_ok=True)
-        ready = self.server_pod.popen(
-            [
-                sys.executable,
-                "-m",
-                "dapb_mesh.testbed.apps",
-                "server",
-                "--port",
-                str(APP_PORT),
-                "--results",
-                str(self.results_dir),
-            ],
-            container="app",
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        if ready.stdout.readline().strip() != "ready":
-            raise RuntimeError("the server app did not start")
+        for i, pod in enumerate(self.pods):
+            if i == 0 and self.kind != "intra-pod":
+                continue  # the client pod runs only the client app
+            role = ["server"]
+            if self.kind == "chain" and i < len(self.pods) - 1:
+                nxt = self.services[i + 1]
+                role = ["relay", "--next", f"{nxt.addresses[0]}:{nxt.port}", "--authority", f"{nxt.name}:{nxt.port}"]
+            ready = pod.popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "dapb_mesh.testbed.apps",
+                    *role,
+                    "--port",
+                    str(APP_PORT),
+                    "--results",
+                    str(self.results_dir),
+                ],
+                container="app",
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            if ready.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {role[0]} app in {pod.name} did not start")
 
     def update_routes(self, routes: list[ec.RouteSpec], version: str, wasm_config: str | None = None) -> None:
         """Push new routes (and a new filter configuration) to every sidecar: a new snapshot version."""
@@ -372,8 +417,20 @@ class Mesh:
 
     # -- workloads -------------------------------------------------------------------------------------------
     def _client_app(self, role: str, timeout_s: float, **options: object) -> dict:
-        """Run the app client (`apps.py ROLE`) in the client pod against the server service; its JSON answer."""
-        svc = self.server_service
+        """Run the app client (`apps.py ROLE`) in the client pod against every target service at once; its JSON
+        answer (one answer per target, merged: apps.merge)."""
+        from dapb_mesh.testbed.apps import merge
+
+        procs = [self._start_client(svc, role, timeout_s, **options) for svc in self.targets]
+        answers = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout_s)
+            if proc.returncode:
+                raise RuntimeError(f"{role} client failed: {err[-2000:]}")
+            answers.append(json.loads(out))
+        return answers[0] if len(answers) == 1 else merge(answers)
+
+    def _start_client(self, svc: ec.Service, role: str, timeout_s: float, **options: object) -> subprocess.Popen:
         argv = [
             sys.executable,
             "-m",
@@ -394,11 +451,7 @@ class Mesh:
                 argv.append(flag)
             elif value not in (False, None):
                 argv += [flag, str(value)]
-        proc = self.client_pod.popen(argv, container="app", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        out, err = proc.communicate(timeout=timeout_s)
-        if proc.returncode:
-            raise RuntimeError(f"{role} client failed: {err[-2000:]}")
-        return json.loads(out)
+        return self.client_pod.popen(argv, container="app", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def stream(
         self, rate: float, count: int, size: int, timeout_s: float = 120.0, *, allow_failure: bool = False, **options
