@@ -6,7 +6,15 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dapb_mesh.mesh.wasm_host import ACTION_CONTINUE, ACTION_PAUSE, STREAM_REQUEST, STREAM_RESPONSE, ProxyWasmHost
+from dapb_mesh.mesh.wasm_host import (
+    ACTION_CONTINUE,
+    ACTION_PAUSE_WATERMARK,
+    STREAM_REQUEST,
+    STREAM_RESPONSE,
+    ProxyWasmHost,
+)
+
+HELD = ACTION_PAUSE_WATERMARK  # Envoy keeps the bytes, with flow control: never a 413
 
 WASM = Path(__file__).resolve().parents[1] / "wasm_filter" / "dapb_filter.wasm"
 
@@ -35,7 +43,7 @@ def open_stream(h, route="telemetry", headers=None):
 def test_holds_until_b_bytes_then_releases_one_write():
     h = host(hold_bytes=256)
     ctx, s = open_stream(h)
-    assert [h.request_body(ctx, b"m" * 64) for _ in range(3)] == [ACTION_PAUSE] * 3
+    assert [h.request_body(ctx, b"m" * 64) for _ in range(3)] == [HELD] * 3
     assert s.forwarded == []
     assert h.request_body(ctx, b"m" * 64) == ACTION_CONTINUE  # 256 bytes buffered
     assert [len(w) for _, w in s.forwarded] == [256]
@@ -43,13 +51,16 @@ def test_holds_until_b_bytes_then_releases_one_write():
 
 def test_oldest_byte_goes_at_the_last_tick_before_t():
     h = host(hold_bytes=10_000, hold_ms=10)
+    for _ in range(40):  # the filter learns that ticks come every 1 ms (it assumes 5 ms until it has seen them)
+        h.tick(1)
+    start = h.now_ns
     ctx, s = open_stream(h)
     h.request_body(ctx, b"a" * 64)  # arrives at t=0
     for _ in range(8):
         h.tick(1)
     assert s.forwarded == []
     h.tick(1)  # t = 9 ms: the next 1 ms tick would be at T
-    assert [(t // 1_000_000, len(w)) for t, w in s.forwarded] == [(9, 64)]
+    assert [((t - start) // 1_000_000, len(w)) for t, w in s.forwarded] == [(9, 64)]
     assert h.tick_period_ms == 1
 
 
@@ -75,7 +86,7 @@ def test_response_bodies_are_held_and_released_too():
     h = host(hold_bytes=200, hold_ms=10)
     ctx, s = open_stream(h)
     assert h.response_headers(ctx, {":status": "200"}) == ACTION_CONTINUE
-    assert [h.response_body(ctx, b"r" * 64) for _ in range(3)] == [ACTION_PAUSE] * 3
+    assert [h.response_body(ctx, b"r" * 64) for _ in range(3)] == [HELD] * 3
     assert h.response_body(ctx, b"r" * 64) == ACTION_CONTINUE
     assert [len(w) for _, w in s.returned] == [256] and s.forwarded == []
     h.response_body(ctx, b"t" * 8)
@@ -96,8 +107,8 @@ def test_trailers_release_what_is_held():
 def test_an_urgent_message_goes_at_once_with_everything_before_it():
     h = host(hold_bytes=10_000, urgent_prefix="!ALARM")
     ctx, s = open_stream(h)
-    assert h.request_body(ctx, b"routine-1") == ACTION_PAUSE
-    assert h.request_body(ctx, b"routine-!ALARM-not-at-start") == ACTION_PAUSE
+    assert h.request_body(ctx, b"routine-1") == HELD
+    assert h.request_body(ctx, b"routine-!ALARM-not-at-start") == HELD
     assert h.request_body(ctx, b"!ALARM: disk full") == ACTION_CONTINUE
     assert [w for _, w in s.forwarded] == [b"routine-1routine-!ALARM-not-at-start!ALARM: disk full"]
 
@@ -106,8 +117,8 @@ def test_grpc_messages_are_checked_after_their_five_byte_header():
     h = host(hold_bytes=10_000, urgent_prefix="!")
     ctx, s = open_stream(h, headers={"content-type": "application/grpc+proto"})
     frame = b"\x00\x00\x00\x00\x04"
-    assert h.request_body(ctx, frame + b"calm") == ACTION_PAUSE
-    assert h.request_body(ctx, b"!" + b"\x00\x00\x00\x04" + b"calm") == ACTION_PAUSE  # '!' is a header byte here
+    assert h.request_body(ctx, frame + b"calm") == HELD
+    assert h.request_body(ctx, b"!" + b"\x00\x00\x00\x04" + b"calm") == HELD  # '!' is a header byte here
     assert h.request_body(ctx, frame[:4] + b"\x05" + b"!help") == ACTION_CONTINUE
     assert len(s.forwarded) == 1
 
@@ -117,7 +128,7 @@ def test_a_hold_stays_under_half_the_proxy_buffer_limit():
     h = host(hold_bytes=60_000, buffer_limit_bytes=4096)
     ctx, s = open_stream(h)
     actions = [h.request_body(ctx, b"b" * 500) for _ in range(10)]
-    assert actions[:4] == [ACTION_PAUSE] * 4 and actions[4] == ACTION_CONTINUE  # 2500 B >= 4096 / 2
+    assert actions[:4] == [HELD] * 4 and actions[4] == ACTION_CONTINUE  # 2500 B >= 4096 / 2
     assert all(len(w) <= 4096 // 2 + 500 for _, w in s.forwarded)
 
 
@@ -144,6 +155,23 @@ def test_reconfiguration_leaves_open_streams_under_their_configuration():
     assert [w for _, w in new.forwarded] == [b"n" * 10] and old.forwarded == []  # the old T (40 ms) still holds
     h.delete_root(1)  # the old configuration goes: what it held goes on at once
     assert [w for _, w in old.forwarded] == [b"o" * 10]
+
+
+def test_streams_of_a_root_whose_timer_stopped_are_released_by_the_new_roots_ticks():
+    """Seen in Envoy: after an ECDS update the old root context gets no more ticks while a stream it started
+    still sends; the new root's ticks must keep the old stream's bound."""
+    h = host(hold_bytes=10_000, hold_ms=30)
+    old_ctx, old = open_stream(h)
+    new_root, ok = h.reconfigure(json.dumps({"hold_bytes": 0, "hold_ms": 0}).encode())  # the new one holds nothing
+    assert ok and h.tick_period_ms == 1  # but something is (about to be) held: keep ticking
+    h.request_body(old_ctx, b"o" * 10)
+    for _ in range(30):
+        h.tick(1, roots=[new_root])
+    assert [w for _, w in old.forwarded] == [b"o" * 10]
+    h.finish(old_ctx)
+    h.delete_root(1)
+    h.tick(1, roots=[new_root])
+    assert h.tick_period_ms == 0  # nothing held and no configuration that holds: the timer stops
 
 
 def test_a_rejected_reconfiguration_holds_nothing_new():
@@ -185,7 +213,7 @@ def test_reset_leaves_no_state_and_new_streams_are_held_again():
         h.request_body(ctx, b"x" * 10)
         h.reset(ctx)
     ctx, _s = open_stream(h)
-    assert h.request_body(ctx, b"y" * 10) == ACTION_PAUSE
+    assert h.request_body(ctx, b"y" * 10) == HELD
 
 
 @given(

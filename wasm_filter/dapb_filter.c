@@ -10,7 +10,8 @@
 // else auto (the header is removed so the default route applies).
 //
 // Timed aggregation (where the kernel cannot coalesce: low rates, short bounds): request and response body
-// chunks of throughput-class streams are held (PAUSE: Envoy buffers them) and released as one write when
+// chunks of throughput-class streams are held (Envoy buffers them, with flow control) and released as one write
+// when
 // hold_bytes are buffered (or half the proxy's buffer limit, so that the next chunk cannot overflow it), when
 // the oldest held byte would otherwise wait past hold_ms, at end of stream, on trailers, and at once on an
 // urgent message (a chunk that starts with urgent_prefix; after the 5-byte message header for gRPC).
@@ -32,7 +33,10 @@
 enum { OK = 0, NOT_FOUND = 1 };
 enum { MAP_REQUEST_HEADERS = 0, MAP_RESPONSE_HEADERS = 2 };
 enum { BUFFER_REQUEST_BODY = 0, BUFFER_RESPONSE_BODY = 1, BUFFER_PLUGIN_CONFIGURATION = 7 };
-enum { ACTION_CONTINUE = 0, ACTION_PAUSE = 1 };
+// Body callbacks: CONTINUE, or stop and let Envoy buffer with flow control (StopIterationAndWatermark): Envoy
+// stops reading from the peer when its buffer limit is reached instead of answering 413, and each call then
+// shows the filter only the newest chunk.
+enum { ACTION_CONTINUE = 0, ACTION_HOLD_WITH_FLOW_CONTROL = 2 };
 enum { STREAM_REQUEST = 0, STREAM_RESPONSE = 1 };
 enum { LOG_INFO = 2, LOG_WARN = 3 };
 
@@ -178,8 +182,12 @@ struct plugin {
 	uint32_t hold_bytes, hold_ms, buffer_limit_bytes;
 	char urgent_prefix[MAX_PREFIX];
 	size_t urgent_len;
-	uint64_t last_tick_ns, tick_slack_ns; // the longest recent tick interval (decays by 1/16 per tick)
 };
+
+// Ticks, VM-wide: any root context's tick serves every held stream of the VM, whatever root it started under.
+// Envoy stops the timer of a root whose configuration was replaced while its streams live on, so a root must
+// not rely on its own tick. tick_slack_ns: the longest recent interval between ticks (decays by 1/16 per tick).
+static uint64_t last_tick_ns, tick_slack_ns = 5000000; // until ticks are seen: Envoy's usual 4-4.5 ms here
 static struct plugin plugins[MAX_ROOTS];
 
 static struct plugin *find_plugin(uint32_t root)
@@ -199,8 +207,6 @@ static void plugin_defaults(struct plugin *p, uint32_t root)
 	p->default_urgency = 400;
 	p->hold_bytes = p->hold_ms = p->buffer_limit_bytes = 0;
 	p->urgent_len = 0;
-	p->last_tick_ns = 0;
-	p->tick_slack_ns = 1000000; // the period asked for, until ticks are seen
 }
 
 // A non-negative integer below 2^24; -1 if malformed.
@@ -370,8 +376,8 @@ static void release_all(uint32_t root)
 		}
 }
 
-// The most bytes one hold may reach: B(t), and never more than half the proxy's buffer limit (Envoy adds the next
-// chunk to what it buffers before asking us, and answers 413 when that passes the limit).
+// The most bytes one hold may reach: B(t), and never more than half the proxy's buffer limit (past the limit
+// Envoy stops reading from the peer: the hold would then delay the sender, not just its bytes).
 static size_t hold_cap(const struct plugin *p)
 {
 	size_t cap = p->hold_bytes;
@@ -380,16 +386,21 @@ static size_t hold_cap(const struct plugin *p)
 	return cap;
 }
 
-// Would the oldest held byte pass hold_ms before the next tick? Then this is the last moment to send it.
+// Would the oldest held byte pass hold_ms before the next tick can come (the last tick plus the longest recent
+// interval)? Then this is the last moment to send it. A chunk arriving between ticks asks the same question, so
+// it releases only what the next tick could not.
 static int due(const struct plugin *p, const struct direction *d, uint64_t now)
 {
-	return now - d->first_ns + p->tick_slack_ns >= (uint64_t)p->hold_ms * 1000000;
+	uint64_t next_tick = (last_tick_ns ? last_tick_ns : now) + tick_slack_ns;
+	if (next_tick < now)
+		next_tick = now; // the tick is overdue: it may come at any moment
+	return next_tick - d->first_ns >= (uint64_t)p->hold_ms * 1000000;
 }
 
-// Does the newest chunk (from offset `start` of the body buffer) begin with the urgent prefix?
-static int urgent_chunk(const struct plugin *p, const struct held *h, int stream, size_t start, size_t size)
+// Does the newest chunk (the body buffer Envoy shows us) begin with the urgent prefix?
+static int urgent_chunk(const struct plugin *p, const struct held *h, int stream, size_t size)
 {
-	size_t at = start + (h->grpc ? 5 : 0);
+	size_t at = h->grpc ? 5 : 0;
 	if (!p->urgent_len || at + p->urgent_len > size)
 		return 0;
 	char *data = NULL;
@@ -402,6 +413,7 @@ static int urgent_chunk(const struct plugin *p, const struct held *h, int stream
 	return urgent;
 }
 
+// `size` is the newest chunk's length: what Envoy holds for us is counted here.
 static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_stream)
 {
 	struct held *h = find_held(ctx);
@@ -409,9 +421,9 @@ static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_str
 	if (!h || !p)
 		return ACTION_CONTINUE;
 	struct direction *d = &h->dir[stream];
-	size_t start = d->paused ? d->buffered : 0; // the newest chunk starts after what we hold
+	size_t total = (d->paused ? d->buffered : 0) + size;
 	uint64_t now = now_ns();
-	if (end_of_stream || !p->hold_bytes || size >= hold_cap(p) || urgent_chunk(p, h, stream, start, size) ||
+	if (end_of_stream || !p->hold_bytes || total >= hold_cap(p) || urgent_chunk(p, h, stream, size) ||
 	    (d->paused && due(p, d, now))) {
 		d->paused = 0; // returning CONTINUE releases everything Envoy buffered, in order
 		d->first_ns = 0;
@@ -421,8 +433,8 @@ static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_str
 	if (!d->paused)
 		d->first_ns = now;
 	d->paused = 1;
-	d->buffered = size;
-	return ACTION_PAUSE;
+	d->buffered = total;
+	return ACTION_HOLD_WITH_FLOW_CONTROL;
 }
 
 WASM_EXPORT(proxy_on_request_body) int32_t proxy_on_request_body(uint32_t ctx, size_t size, int32_t end_of_stream)
@@ -457,24 +469,44 @@ WASM_EXPORT(proxy_on_response_trailers) int32_t proxy_on_response_trailers(uint3
 	return on_trailers(ctx, STREAM_RESPONSE);
 }
 
+static int any_held(void)
+{
+	for (int i = 0; i < MAX_HELD; i++)
+		if (held[i].ctx && (held[i].dir[STREAM_REQUEST].paused || held[i].dir[STREAM_RESPONSE].paused))
+			return 1;
+	return 0;
+}
+
+static int any_plugin_holds(void)
+{
+	for (int i = 0; i < MAX_ROOTS; i++)
+		if (plugins[i].root && plugins[i].hold_bytes)
+			return 1;
+	return 0;
+}
+
 WASM_EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id)
 {
-	struct plugin *p = find_plugin(root_id);
-	if (!p)
-		return;
 	uint64_t now = now_ns();
-	if (p->last_tick_ns) {
-		uint64_t interval = now - p->last_tick_ns, decayed = p->tick_slack_ns - p->tick_slack_ns / 16;
-		p->tick_slack_ns = interval > decayed ? interval : decayed;
-		if (p->tick_slack_ns < 1000000)
-			p->tick_slack_ns = 1000000;
+	if (last_tick_ns) {
+		uint64_t interval = now - last_tick_ns, decayed = tick_slack_ns - tick_slack_ns / 16;
+		tick_slack_ns = interval > decayed ? interval : decayed;
+		if (tick_slack_ns < 1000000)
+			tick_slack_ns = 1000000;
 	}
-	p->last_tick_ns = now;
-	for (int i = 0; i < MAX_HELD; i++)
-		if (held[i].ctx && held[i].root == root_id)
-			for (int s = STREAM_REQUEST; s <= STREAM_RESPONSE; s++)
-				if (held[i].dir[s].paused && due(p, &held[i].dir[s], now))
-					release(&held[i], s);
+	last_tick_ns = now;
+	for (int i = 0; i < MAX_HELD; i++) {
+		if (!held[i].ctx)
+			continue;
+		struct plugin *p = find_plugin(held[i].root);
+		for (int s = STREAM_REQUEST; s <= STREAM_RESPONSE; s++)
+			if (held[i].dir[s].paused && (!p || due(p, &held[i].dir[s], now)))
+				release(&held[i], s);
+	}
+	if (!any_plugin_holds() && !any_held()) {
+		proxy_set_effective_context(root_id);
+		proxy_set_tick_period_milliseconds(0); // nothing to watch any more
+	}
 }
 
 WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t size)
@@ -503,7 +535,9 @@ WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, siz
 		ok = 0; // a hold without a time bound is never allowed
 	if (!ok)
 		plugin_defaults(p, root_id); // nothing held under a rejected configuration
-	proxy_set_tick_period_milliseconds(ok && p->hold_bytes ? 1 : 0);
+	// Tick while this configuration holds or anything in the VM is still held (perhaps under a root whose
+	// timer Envoy has stopped).
+	proxy_set_tick_period_milliseconds(any_plugin_holds() || any_held() ? 1 : 0);
 	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
 	return ok;
 }

@@ -15,7 +15,7 @@ import wasmtime
 OK, NOT_FOUND, BAD_ARGUMENT = 0, 1, 2
 MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS = 0, 1, 2
 BUFFER_REQUEST_BODY, BUFFER_RESPONSE_BODY, BUFFER_PLUGIN_CONFIGURATION = 0, 1, 7
-ACTION_CONTINUE, ACTION_PAUSE = 0, 1
+ACTION_CONTINUE, ACTION_PAUSE, ACTION_PAUSE_WATERMARK = 0, 1, 2  # Continue, StopIterationAnd{Buffer,Watermark}
 STREAM_REQUEST, STREAM_RESPONSE = 0, 1
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error", "critical")
 ROOT_CONTEXT = 1
@@ -47,6 +47,13 @@ class Stream:
     forwarded: list[tuple[int, bytes]] = field(default_factory=list)  # (host time ns, one upstream write)
     returned: list[tuple[int, bytes]] = field(default_factory=list)  # (host time ns, one downstream write)
     root: int = ROOT_CONTEXT
+    # Where the body the filter sees starts, per direction: after StopIterationAndBuffer it sees all that is
+    # buffered; after StopIterationAndWatermark (or CONTINUE) only the newest chunk, as in Envoy.
+    visible_from: dict[int, int] = field(default_factory=lambda: {STREAM_REQUEST: 0, STREAM_RESPONSE: 0})
+    last_action: dict[int, int] = field(default_factory=lambda: {STREAM_REQUEST: 0, STREAM_RESPONSE: 0})
+
+    def body(self, stream_type: int) -> bytearray:
+        return self.request_body if stream_type == STREAM_REQUEST else self.response_body
 
     def release(self, now_ns: int, stream_type: int = STREAM_REQUEST) -> None:
         """What Envoy does on CONTINUE: everything buffered goes on as one write, in order."""
@@ -127,11 +134,11 @@ class ProxyWasmHost:
     def _buffer(self, buffer_id: int) -> bytes | bytearray | None:
         if buffer_id == BUFFER_PLUGIN_CONFIGURATION:
             return self.plugin_config
-        if self.stream is None:
+        if self.stream is None or buffer_id not in (BUFFER_REQUEST_BODY, BUFFER_RESPONSE_BODY):
             return None
-        return {BUFFER_REQUEST_BODY: self.stream.request_body, BUFFER_RESPONSE_BODY: self.stream.response_body}.get(
-            buffer_id
-        )
+        body = self.stream.body(buffer_id)  # buffer ids 0 and 1 match the stream types
+        start = self.stream.visible_from[buffer_id]
+        return body if start == 0 else bytes(body[start:])
 
     def _imports(self) -> dict[str, tuple[int, Callable]]:
         def log(level, ptr, size):
@@ -260,13 +267,8 @@ class ProxyWasmHost:
         return self._call("proxy_on_request_headers", ctx, len(headers), int(end_of_stream))
 
     def request_body(self, ctx: int, chunk: bytes, end_of_stream: bool = False) -> int:
-        """A body chunk arrives; on CONTINUE the host forwards everything buffered, on PAUSE it keeps buffering."""
-        self.stream = stream = self.streams[ctx]
-        stream.request_body += chunk
-        action = self._call("proxy_on_request_body", ctx, len(stream.request_body), int(end_of_stream))
-        if action == ACTION_CONTINUE:
-            stream.release(self.now_ns)
-        return action
+        """A body chunk arrives; on CONTINUE the host forwards everything buffered, otherwise it keeps it."""
+        return self._body(ctx, STREAM_REQUEST, chunk, end_of_stream)
 
     def response_headers(self, ctx: int, headers: dict[str, str], end_of_stream: bool = False) -> int:
         self.stream = self.streams[ctx]
@@ -275,11 +277,24 @@ class ProxyWasmHost:
 
     def response_body(self, ctx: int, chunk: bytes, end_of_stream: bool = False) -> int:
         """A response body chunk, as request_body."""
+        return self._body(ctx, STREAM_RESPONSE, chunk, end_of_stream)
+
+    def _body(self, ctx: int, stream_type: int, chunk: bytes, end_of_stream: bool) -> int:
         self.stream = stream = self.streams[ctx]
-        stream.response_body += chunk
-        action = self._call("proxy_on_response_body", ctx, len(stream.response_body), int(end_of_stream))
+        body = stream.body(stream_type)
+        # After StopIterationAndBuffer the filter sees (and is told the size of) all that is buffered;
+        # otherwise only the newest chunk.
+        stream.visible_from[stream_type] = 0 if stream.last_action[stream_type] == ACTION_PAUSE else len(body)
+        body += chunk
+        hook = "proxy_on_request_body" if stream_type == STREAM_REQUEST else "proxy_on_response_body"
+        visible = len(body) - stream.visible_from[stream_type]
+        action = self._call(hook, ctx, visible, int(end_of_stream))
+        stream.last_action[stream_type] = action
+        stream.visible_from[stream_type] = 0
         if action == ACTION_CONTINUE:
-            stream.release(self.now_ns, STREAM_RESPONSE)
+            stream.release(self.now_ns, stream_type)
+        elif action not in (ACTION_PAUSE, ACTION_PAUSE_WATERMARK):
+            raise HostError(f"body callback returned {action}, not CONTINUE or a buffering stop")
         return action
 
     def trailers(self, ctx: int, stream_type: int = STREAM_REQUEST) -> int:
@@ -291,10 +306,11 @@ class ProxyWasmHost:
             stream.release(self.now_ns, stream_type)
         return action
 
-    def tick(self, advance_ms: float = 0) -> None:
-        """Advance the clock and tick every live root context, as Envoy's timer does."""
+    def tick(self, advance_ms: float = 0, roots: list[int] | None = None) -> None:
+        """Advance the clock and tick every live root context (or only ``roots``: Envoy stops the timer of a
+        root whose configuration was replaced while its streams live on)."""
         self.now_ns += round(advance_ms * 1_000_000)
-        for root in list(self.roots):
+        for root in list(self.roots if roots is None else roots):
             self._call("proxy_on_tick", root)
 
     def reset(self, ctx: int) -> bytes:

@@ -191,6 +191,7 @@ def stream(
             sock.sendall(prefix + HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m") + b"\r\n")
             report["messages_sent"], report["bytes_sent"] = seq + 1, (seq + 1) * size
         report["elapsed_s"] = time.monotonic() - t0
+        report["sent_done_ns"] = time.monotonic_ns()  # CLOCK_MONOTONIC: comparable across the testbed's namespaces
         time.sleep(pause_ms / 1000)
         if abort:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)

@@ -393,6 +393,7 @@ class Mesh:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if all(re.search(pattern, s.get("/config_dump")) for s in self.sidecars):
+                time.sleep(0.2)  # the dump shows the main thread's view; worker threads take the update after
                 return
             time.sleep(0.05)
         raise TimeoutError(f"sidecars did not apply the new configuration ({pattern}) in {timeout_s}s")
