@@ -348,6 +348,8 @@ def _print_bench(result: dict, label: str = "") -> None:
         "+lat ms": ("added_latency_ms", "{:.3f}"),
         "C_eBPF us": ("ebpf_overhead_us", "{:.3f}"),
     }
+    if any("rr_latency_p99_ms" in m for m in result["modes"].values()):  # mixed: the requests beside the stream
+        columns["req p99 ms"] = ("rr_latency_p99_ms", "{:.3f}")
     table.add_column("mode")
     for title in columns:
         table.add_column(title, justify="right")

@@ -152,6 +152,24 @@ def test_chain_and_fan_out_deliver_every_message_and_dapb_coalesces_every_hop(tm
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + hops * (dapb["enforced_bound_ms"] + tick)
 
 
+def test_mixed_load_coalesces_the_stream_without_delaying_the_requests_beside_it(tmp_path):
+    """The stream (throughput class) and 1 KiB requests (auto class) through the same client sidecar at once."""
+    result = bench_json(tmp_path / "m.json", "--scenario", "mixed", "--modes", "baseline,dapb", "--quick")
+    base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
+    for m in (base, dapb):
+        assert m["lost_bytes"] == 0 and m["rr_lost_bytes"] == 0 and m["rr_requests"] > 0
+    assert dapb["data_segments"] < 0.5 * base["data_segments"]
+    assert dapb["rr_latency_p99_ms"] <= base["rr_latency_p99_ms"] + 2.0  # the hold is the stream's alone
+
+
+def test_bulk_transfer_keeps_its_throughput(tmp_path):
+    result = bench_json(tmp_path / "b.json", "--scenario", "bulk", "--modes", "baseline,dapb", "--quick")
+    base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
+    assert result["workload"]["msg_size"] == 16384
+    assert base["lost_bytes"] == dapb["lost_bytes"] == 0
+    assert dapb["throughput_mbps"] >= 0.9 * base["throughput_mbps"]
+
+
 def test_arch_names_are_checked():
     from dapb_mesh.testbed.mesh import parse_arch
 

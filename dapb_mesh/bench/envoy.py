@@ -27,9 +27,18 @@ from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
 from dapb_mesh.testbed.mesh import Mesh, parse_arch
 
-ENVOY_SCENARIOS = {"stream-small": Sensitivity.THROUGHPUT, "req-resp": Sensitivity.AUTO}
+ENVOY_SCENARIOS = {
+    "stream-small": Sensitivity.THROUGHPUT,
+    "req-resp": Sensitivity.AUTO,
+    "mixed": Sensitivity.THROUGHPUT,
+    "bulk": Sensitivity.THROUGHPUT,
+}
 """stream-small: small messages on one HTTP/2 stream; req-resp: 1 KiB answers at a fixed rate over 2 connections
-(Istio's own benchmark shape), in the auto class."""
+(Istio's own benchmark shape), in the auto class; mixed: both at once through the same sidecar (the stream in the
+throughput class, the requests in auto: DAPB must coalesce the one without delaying the other); bulk: 16 KiB
+messages as fast as the client can write them (DAPB must not cost throughput)."""
+MIXED_RR_RATE = 500  # requests per second beside the stream in `mixed`
+BULK_MSG_SIZE = 16384
 SOL_IP, IP_TOS = 0, 1
 
 
@@ -105,6 +114,8 @@ def run_envoy(
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
     sensitivity = ENVOY_SCENARIOS[scenario]
+    if scenario == "bulk":
+        msg_size = max(msg_size, BULK_MSG_SIZE)  # at the given rate, or as fast as the client can write
     cls = L.CLASS_OF[sensitivity]
     dscp = L.DSCP_THROUGHPUT
     count = int(rate * duration_s)
@@ -164,6 +175,24 @@ def run_envoy(
             def once() -> RawRun:
                 if scenario == "req-resp":
                     return _rr_run(mesh.request_response(rate, count, size=max(msg_size, 1024)))
+                if scenario == "mixed":
+                    both = mesh.mixed(rate, count, msg_size, MIXED_RR_RATE, int(MIXED_RR_RATE * duration_s))
+                    r, rr = both["stream"], both["rr"]
+                    run = RawRun.from_delays(
+                        r["server"]["delay_ms"],
+                        messages=r["messages_sent"],
+                        bytes_sent=r["bytes_sent"],
+                        bytes_received=r["server"]["bytes"],
+                        elapsed_s=r["elapsed_s"],
+                    )
+                    run.extra = {
+                        "rr_requests": rr["requests"],
+                        "rr_lost_bytes": rr["expected_bytes"] - rr["bytes"],
+                        "rr_latency_p50_ms": rr["latency_ms"]["p50"],
+                        "rr_latency_p99_ms": rr["latency_ms"]["p99"],
+                        "rr_latency_max_ms": rr["latency_ms"]["max"],
+                    }
+                    return run
                 r = mesh.stream(rate, count, msg_size)
                 return RawRun.from_delays(  # segments: counted by tc at the class's DSCP
                     r["server"]["delay_ms"],
@@ -196,7 +225,7 @@ def run_envoy(
                 once,
                 progress,
                 scenario,
-                count_dscps=(dscp,),
+                count_dscps=(dscp,),  # the scenario's class (in mixed: the stream; the requests are auto)
                 attach_cgroups=[p.container("sidecar") for p in mesh.pods],
                 agent_factory=make_agent,
                 before_run=before_run,

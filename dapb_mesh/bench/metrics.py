@@ -43,6 +43,7 @@ class RawRun:
     ebpf_ns: int = 0  # run time of the DAPB programs during the run, measured by the kernel
     proxy_cpu_seconds: float | None = None  # CPU of the sidecar containers alone (None: no proxies)
     segment_size_hist: list[int] | None = None  # tc's data segments per payload-size bin (layout.size_bin_edges)
+    extra: dict[str, float] | None = None  # scenario-specific measurements, reported as they are
     delay_hist_us: list[int] | None = None  # log2 bins of tcpwork.HIST_EDGES_US
 
     @classmethod
@@ -104,6 +105,7 @@ def summarize(run: RawRun) -> dict[str, float]:
         "ideal_segments": -(-run.bytes_received // run.mss) if run.mss else 0,
         "delay_hist_us": list(run.delay_hist_us or []),
         "segment_size_hist": list(run.segment_size_hist or []),
+        **(run.extra or {}),
     }
 
 

@@ -420,9 +420,13 @@ class Mesh:
     def _client_app(self, role: str, timeout_s: float, **options: object) -> dict:
         """Run the app client (`apps.py ROLE`) in the client pod against every target service at once; its JSON
         answer (one answer per target, merged: apps.merge)."""
+        procs = [self._start_client(svc, role, timeout_s, **options) for svc in self.targets]
+        return self._collect(role, procs, timeout_s)
+
+    @staticmethod
+    def _collect(role: str, procs: list[subprocess.Popen], timeout_s: float) -> dict:
         from dapb_mesh.testbed.apps import merge
 
-        procs = [self._start_client(svc, role, timeout_s, **options) for svc in self.targets]
         answers = []
         for proc in procs:
             out, err = proc.communicate(timeout=timeout_s)
@@ -479,3 +483,15 @@ class Mesh:
     ) -> dict:
         """Requests for ``size``-byte responses at ``rate`` per second over ``connections`` connections."""
         return self._client_app("rr", timeout_s, rate=rate, count=count, size=size, connections=connections)
+
+    def mixed(
+        self, rate: float, count: int, size: int, rr_rate: float, rr_count: int, timeout_s: float = 120.0
+    ) -> dict:
+        """A stream and request/response load through the same sidecar at once: {"stream": ..., "rr": ...}."""
+        svc = self.targets[0]
+        stream = self._start_client(svc, "client", timeout_s, rate=rate, count=count, size=size)
+        rr = self._start_client(svc, "rr", timeout_s, rate=rr_rate, count=rr_count, size=1024, connections=2)
+        result = {"stream": self._collect("client", [stream], timeout_s), "rr": self._collect("rr", [rr], timeout_s)}
+        if result["stream"]["error"]:
+            raise RuntimeError(f"the stream failed: {result['stream']['error']}")
+        return result
