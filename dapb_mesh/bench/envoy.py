@@ -32,11 +32,14 @@ ENVOY_SCENARIOS = {
     "req-resp": Sensitivity.AUTO,
     "mixed": Sensitivity.THROUGHPUT,
     "bulk": Sensitivity.THROUGHPUT,
+    "grpc-stream": Sensitivity.THROUGHPUT,
+    "grpc-unary": Sensitivity.AUTO,
 }
 """stream-small: small messages on one HTTP/2 stream; req-resp: 1 KiB answers at a fixed rate over 2 connections
 (Istio's own benchmark shape), in the auto class; mixed: both at once through the same sidecar (the stream in the
 throughput class, the requests in auto: DAPB must coalesce the one without delaying the other); bulk: 16 KiB
-messages as fast as the client can write them (DAPB must not cost throughput)."""
+messages as fast as the client can write them (DAPB must not cost throughput); grpc-stream: small messages on
+one client-streaming gRPC call (HTTP/2 end to end); grpc-unary: unary gRPC calls for 1 KiB answers (auto class)."""
 MIXED_RR_RATE = 500  # requests per second beside the stream in `mixed`
 BULK_MSG_SIZE = 16384
 SOL_IP, IP_TOS = 0, 1
@@ -56,7 +59,7 @@ def bench_virtual_service(sensitivity: Sensitivity, host: str = "svc-b") -> dict
         "metadata": {
             "name": host,
             "namespace": "default",
-            "annotations": {"dapb.io/route-urgency": f"stream: {urgency}"},
+            "annotations": {"dapb.io/route-urgency": f"stream: {urgency}\ngrpc-stream: {urgency}"},
         },
         "spec": {
             "hosts": [host],
@@ -64,6 +67,11 @@ def bench_virtual_service(sensitivity: Sensitivity, host: str = "svc-b") -> dict
                 {
                     "name": "stream",
                     "match": [{"uri": {"prefix": "/stream"}}],
+                    "route": [{"destination": {"host": host}}],
+                },
+                {
+                    "name": "grpc-stream",
+                    "match": [{"uri": {"prefix": "/dapb.Bench/Stream"}}],
                     "route": [{"destination": {"host": host}}],
                 },
                 {"name": "api", "route": [{"destination": {"host": host}}]},
@@ -175,6 +183,8 @@ def run_envoy(
             def once() -> RawRun:
                 if scenario == "req-resp":
                     return _rr_run(mesh.request_response(rate, count, size=max(msg_size, 1024)))
+                if scenario == "grpc-unary":
+                    return _rr_run(mesh.grpc_unary(rate, count, size=max(msg_size, 1024)))
                 if scenario == "mixed":
                     both = mesh.mixed(rate, count, msg_size, MIXED_RR_RATE, int(MIXED_RR_RATE * duration_s))
                     r, rr = both["stream"], both["rr"]
@@ -193,7 +203,7 @@ def run_envoy(
                         "rr_latency_max_ms": rr["latency_ms"]["max"],
                     }
                     return run
-                r = mesh.stream(rate, count, msg_size)
+                r = (mesh.grpc_stream if scenario == "grpc-stream" else mesh.stream)(rate, count, msg_size)
                 return RawRun.from_delays(  # segments: counted by tc at the class's DSCP
                     r["server"]["delay_ms"],
                     messages=r["messages_sent"],

@@ -8,6 +8,7 @@ server: POST /stream takes a chunked body of fixed-size messages (sequence numbe
         for request/response load from wrk, h2load or curl.
 relay:  the middle of a chain: POST /stream is forwarded chunk by chunk, as it arrives, to --next (through this
         pod's sidecar), and the next hop's answer is returned. Other requests are served as by the server.
+grpc-stream, grpc-rr: the same two workloads over gRPC (grpc_apps.py), against the server's --grpc-port.
 client: POST /stream at a fixed rate, one chunk per message, then (after --pause-ms) ends the body and prints the
         server's answer plus its own view, or with --abort resets the connection instead.
 
@@ -126,13 +127,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(json.dumps(answer).encode(), "application/json")
 
 
-def serve(port: int, results_dir: Path | None = None, forward_to: tuple[str, int, str] | None = None) -> None:
+def serve(
+    port: int,
+    results_dir: Path | None = None,
+    forward_to: tuple[str, int, str] | None = None,
+    grpc_port: int | None = None,
+) -> None:
     _Handler.results_dir = results_dir
     _Handler.forward_to = forward_to
+    grpc_server = None
+    if grpc_port:
+        from dapb_mesh.testbed import grpc_apps
+
+        grpc_server = grpc_apps.serve(grpc_port)  # kept: a grpc.Server that is collected stops serving
     server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
     server.daemon_threads = True
     print("ready", flush=True)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(0)
 
 
 def _read_response(sock: socket.socket) -> dict:
@@ -292,7 +307,8 @@ def merge(answers: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("role", choices=["server", "relay", "client", "rr"])
+    parser.add_argument("role", choices=["server", "relay", "client", "rr", "grpc-stream", "grpc-rr"])
+    parser.add_argument("--grpc-port", type=int, help="server: also serve dapb.Bench over gRPC on this port")
     parser.add_argument("--next", help="relay: host:port of the next hop")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -315,7 +331,18 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("relay needs --next host:port")
             host, _, port = args.next.rpartition(":")
             forward = (host, int(port), args.authority)
-        serve(args.port, args.results, forward)
+        serve(args.port, args.results, forward, args.grpc_port)
+        return 0
+    if args.role.startswith("grpc"):
+        from dapb_mesh.testbed import grpc_apps
+
+        common = (args.host, args.port, args.rate, args.count, args.size)
+        if args.role == "grpc-rr":
+            result = grpc_apps.unary(*common, args.connections, args.authority, args.timeout)
+        else:
+            result = grpc_apps.client_stream(*common, args.authority, args.timeout)
+        json.dump(result, sys.stdout)
+        print()
         return 0
     if args.role == "rr":
         json.dump(

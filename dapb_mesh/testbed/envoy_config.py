@@ -12,6 +12,7 @@ from pathlib import Path
 
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
+GRPC_PORT = 9090  # the apps' gRPC port: a second port of every service (HTTP/2 to the app, as Istio's grpc-*)
 ADMIN_PORT = 15000
 SIDECAR_UID = 1337
 NAMESPACE = "default"
@@ -184,7 +185,14 @@ def listeners(spec: SidecarSpec) -> list[dict]:
                     "name": "inbound",
                     "domains": ["*"],
                     "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": f"inbound|{spec.app_port}||", "timeout": "0s"}}
+                        {
+                            "match": {
+                                "prefix": "/",
+                                "headers": [{"name": "content-type", "string_match": {"prefix": "application/grpc"}}],
+                            },
+                            "route": {"cluster": f"inbound|{GRPC_PORT}||", "timeout": "0s"},
+                        },
+                        {"match": {"prefix": "/"}, "route": {"cluster": f"inbound|{spec.app_port}||", "timeout": "0s"}},
                     ],
                 }
             ],
@@ -243,30 +251,38 @@ def _outbound_cluster(spec: SidecarSpec, service: Service, suffix: str = "") -> 
     return cluster
 
 
+def _inbound_cluster(port: int, http2: bool = False) -> dict:
+    """The app behind the sidecar on localhost; HTTP/2 (cleartext) for its gRPC port."""
+    name = f"inbound|{port}||"
+    cluster: dict = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+                    ]
+                }
+            ],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
 def clusters(spec: SidecarSpec) -> list[dict]:
     suffixes = {""} | {r.cluster_suffix for r in spec.routes}
     out = [_outbound_cluster(spec, svc, suffix) for svc in spec.services for suffix in sorted(suffixes)]
-    out.append(
-        {
-            "name": f"inbound|{spec.app_port}||",
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "load_assignment": {
-                "cluster_name": f"inbound|{spec.app_port}||",
-                "endpoints": [
-                    {
-                        "lb_endpoints": [
-                            {
-                                "endpoint": {
-                                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": spec.app_port}}
-                                }
-                            }
-                        ]
-                    }
-                ],
-            },
-        }
-    )
+    out += [_inbound_cluster(spec.app_port), _inbound_cluster(GRPC_PORT, http2=True)]
     return out
 
 
@@ -308,7 +324,7 @@ def routes(spec: SidecarSpec) -> list[dict]:
         hosts.append(
             {
                 "name": f"{svc.fqdn}:{svc.port}",
-                "domains": sorted({*names, *(f"{n}:{svc.port}" for n in names)}),
+                "domains": sorted({*names, *(f"{n}:{port}" for n in names for port in (svc.port, GRPC_PORT))}),
                 "routes": [*mine, default],
             }
         )

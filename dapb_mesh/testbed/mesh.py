@@ -179,6 +179,7 @@ def capture_rules(app_port: int) -> list[str]:
         f"-A OUTPUT -p tcp -m owner --uid-owner {uid} -j RETURN",
         "-A OUTPUT -p tcp -d 127.0.0.1/32 -j RETURN",
         f"-A OUTPUT -p tcp --dport {app_port} -j REDIRECT --to-ports {ec.OUTBOUND_PORT}",
+        f"-A OUTPUT -p tcp --dport {ec.GRPC_PORT} -j REDIRECT --to-ports {ec.OUTBOUND_PORT}",
     ]
 
 
@@ -351,7 +352,7 @@ class Mesh:
         for i, pod in enumerate(self.pods):
             if i == 0 and self.kind != "intra-pod":
                 continue  # the client pod runs only the client app
-            role = ["server"]
+            role = ["server", "--grpc-port", str(ec.GRPC_PORT)]
             if self.kind == "chain" and i < len(self.pods) - 1:
                 nxt = self.services[i + 1]
                 role = ["relay", "--next", f"{nxt.addresses[0]}:{nxt.port}", "--authority", f"{nxt.name}:{nxt.port}"]
@@ -436,6 +437,7 @@ class Mesh:
         return answers[0] if len(answers) == 1 else merge(answers)
 
     def _start_client(self, svc: ec.Service, role: str, timeout_s: float, **options: object) -> subprocess.Popen:
+        port = ec.GRPC_PORT if role.startswith("grpc") else svc.port
         argv = [
             sys.executable,
             "-m",
@@ -444,9 +446,9 @@ class Mesh:
             "--host",
             svc.addresses[0],
             "--port",
-            str(svc.port),
+            str(port),
             "--authority",
-            f"{svc.name}:{svc.port}",
+            f"{svc.name}:{port}",
             "--timeout",
             str(timeout_s),
         ]
@@ -483,6 +485,17 @@ class Mesh:
     ) -> dict:
         """Requests for ``size``-byte responses at ``rate`` per second over ``connections`` connections."""
         return self._client_app("rr", timeout_s, rate=rate, count=count, size=size, connections=connections)
+
+    def grpc_stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:
+        """Small messages on one client-streaming gRPC call (HTTP/2 from the app on), as stream() reports."""
+        result = self._client_app("grpc-stream", timeout_s, rate=rate, count=count, size=size)
+        if result["error"]:
+            raise RuntimeError(f"the gRPC stream failed: {result['error']}")
+        return result
+
+    def grpc_unary(self, rate: float, count: int, size: int = 1024, connections: int = 2, timeout_s: float = 120.0):
+        """Unary gRPC calls for ``size``-byte answers at ``rate`` per second over ``connections`` channels."""
+        return self._client_app("grpc-rr", timeout_s, rate=rate, count=count, size=size, connections=connections)
 
     def mixed(
         self, rate: float, count: int, size: int, rr_rate: float, rr_count: int, timeout_s: float = 120.0

@@ -1,0 +1,121 @@
+"""gRPC workloads behind the sidecars (grpcio, raw bytes: no generated code), on the apps' gRPC port.
+
+Service dapb.Bench:
+  Echo   (unary):            any request -> x-response-size bytes (metadata; default 1 KiB)
+  Stream (client streaming): fixed-size messages (sequence number + send time each) -> a JSON summary of what
+                             arrived, as the HTTP stream server gives (bytes, order, one-way delays)
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, _percentiles, wait_until
+
+SERVICE = "dapb.Bench"
+ECHO, STREAM = f"/{SERVICE}/Echo", f"/{SERVICE}/Stream"
+
+
+def serve(port: int) -> grpc.Server:
+    """Start the Bench service on 0.0.0.0:port (cleartext HTTP/2, as an app behind a sidecar listens)."""
+
+    def echo(_request: bytes, context: grpc.ServicerContext) -> bytes:
+        size = int(dict(context.invocation_metadata()).get("x-response-size", 1024))
+        return b"r" * size
+
+    def stream(requests, context: grpc.ServicerContext) -> bytes:
+        reader = MessageReader(int(dict(context.invocation_metadata()).get("x-msg-size", 64)))
+        for message in requests:
+            reader.feed(message, time.monotonic_ns())
+        return json.dumps({**reader.summary(), "complete": True}).encode()
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Stream": grpc.stream_unary_rpc_method_handler(stream),
+        },
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server.add_generic_rpc_handlers((handler,))
+    server.add_insecure_port(f"0.0.0.0:{port}")
+    server.start()
+    return server
+
+
+def _channel(host: str, port: int, authority: str) -> grpc.Channel:
+    # The authority picks the route in the sidecar, as the Host header does for HTTP/1.1.
+    return grpc.insecure_channel(f"{host}:{port}", options=[("grpc.default_authority", authority)])
+
+
+def client_stream(host: str, port: int, rate: float, count: int, size: int, authority: str, timeout_s: float) -> dict:
+    """``count`` messages at ``rate`` on one client-streaming call; the server's summary plus our own view."""
+    report: dict = {"bytes_sent": 0, "messages_sent": 0, "error": None}
+    t0 = time.monotonic()
+
+    def messages():
+        for seq in range(count):
+            wait_until(t0 + seq / rate)
+            yield HEADER.pack(seq, time.monotonic_ns()).ljust(size, b"m")
+            report["messages_sent"], report["bytes_sent"] = seq + 1, (seq + 1) * size
+        report["elapsed_s"] = time.monotonic() - t0
+
+    with _channel(host, port, authority) as channel:
+        call = channel.stream_unary(STREAM)
+        try:
+            answer = call(messages(), metadata=[("x-msg-size", str(size))], timeout=timeout_s)
+            report["server"] = json.loads(answer)
+        except grpc.RpcError as error:
+            report["error"] = f"{error.code().name}: {error.details()}"
+    report.setdefault("elapsed_s", time.monotonic() - t0)
+    return report
+
+
+def unary(
+    host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
+) -> dict:
+    """Unary calls for ``size``-byte answers at ``rate`` per second over ``connections`` channels (each its own
+    HTTP/2 connection, paced on its own schedule); latency per call, as the HTTP request/response client reports."""
+    latencies: list[float] = []
+    received = [0]
+    lock = threading.Lock()
+    per_conn = max(1, count // connections)
+    errors: list[str] = []
+
+    def worker(offset: float) -> None:
+        with _channel(host, port, authority) as channel:
+            call = channel.unary_unary(ECHO)
+            t0 = time.monotonic() + offset
+            mine, got = [], 0
+            for i in range(per_conn):
+                wait_until(t0 + i * connections / rate)
+                start = time.monotonic_ns()
+                try:
+                    got += len(call(b"q", metadata=[("x-response-size", str(size))], timeout=timeout_s))
+                except grpc.RpcError as error:
+                    errors.append(f"{error.code().name}: {error.details()}")
+                    break
+                mine.append((time.monotonic_ns() - start) / 1e6)
+        with lock:
+            latencies.extend(mine)
+            received[0] += got
+
+    threads = [threading.Thread(target=worker, args=(c / rate,)) for c in range(connections)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout_s)
+    return {
+        "requests": len(latencies),
+        "bytes": received[0],
+        "expected_bytes": per_conn * connections * size,
+        "latency_ms": _percentiles(latencies),
+        "elapsed_s": time.monotonic() - t,
+        "error": errors[0] if errors else None,
+    }
