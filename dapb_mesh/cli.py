@@ -218,6 +218,12 @@ def bench(
         str, typer.Option("--rate", help="Messages per second; a comma-separated list sweeps the rates.")
     ] = "10000",
     msg_size: Annotated[int, typer.Option("--msg-size", help="Message size in bytes.", min=16, max=65536)] = 64,
+    connections: Annotated[
+        int,
+        typer.Option(
+            "--connections", help="req-resp, grpc-unary: client connections (Istio's bench: 2..64).", min=1, max=64
+        ),
+    ] = 2,
     repeat: Annotated[int | None, typer.Option("--repeat", help="Interleaved repeats per mode.", min=1)] = None,
     quick: Annotated[bool, typer.Option("--quick", help="One-second runs, one repeat.")] = False,
     plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
@@ -306,7 +312,9 @@ def bench(
             if arch == "raw":
                 results[r] = run_raw(scenario, mode_list, settings, **common)
             else:
-                results[r] = run_envoy(scenario, mode_list, settings, arch=arch, plaintext=plaintext, **common)
+                results[r] = run_envoy(
+                    scenario, mode_list, settings, arch=arch, plaintext=plaintext, connections=connections, **common
+                )
     result = results[rates[-1]]
     if len(rates) > 1:
         result["sweep"] = {f"{r:g}": results[r]["modes"] for r in rates}

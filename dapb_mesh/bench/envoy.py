@@ -118,6 +118,7 @@ def run_envoy(
     duration_s: float = 2.0,
     repeats: int = 1,
     plaintext: bool = False,
+    connections: int = 2,
     impairment: Impairment = NO_IMPAIRMENT,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
@@ -182,9 +183,9 @@ def run_envoy(
 
             def once() -> RawRun:
                 if scenario == "req-resp":
-                    return _rr_run(mesh.request_response(rate, count, size=max(msg_size, 1024)))
+                    return _rr_run(mesh.request_response(rate, count, max(msg_size, 1024), connections))
                 if scenario == "grpc-unary":
-                    return _rr_run(mesh.grpc_unary(rate, count, size=max(msg_size, 1024)))
+                    return _rr_run(mesh.grpc_unary(rate, count, max(msg_size, 1024), connections))
                 if scenario == "mixed":
                     both = mesh.mixed(rate, count, msg_size, MIXED_RR_RATE, int(MIXED_RR_RATE * duration_s))
                     r, rr = both["stream"], both["rr"]
@@ -251,6 +252,7 @@ def run_envoy(
             "msg_size": msg_size,
             "rate": rate,
             "streams": len(mesh.targets),
+            "connections": connections if scenario in ("req-resp", "grpc-unary") else 1,
             "hops": mesh.hops,
             "mtls": not plaintext,
         },
