@@ -22,12 +22,10 @@ from dapb_mesh.config import KernelConfig
 PREFIX = "dapb-"
 
 
-def _join_cgroup(cgroup: Path):
-    def join() -> None:
-        (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        os.setpgid(0, 0)  # its own process group, so a kill reaches the whole pod process
-
-    return join
+def in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
+    """argv run by a shell that first moves itself into ``cgroup``, then execs: no Python code runs between fork
+    and exec (a preexec_fn in a process with grpc threads once left a half-started child)."""
+    return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]
 
 
 def create_netns(name: str) -> None:
@@ -94,8 +92,8 @@ class Pod:
         cgroup = self.container(container) if container else self.cgroup
         user = [f"--setuid={uid}", f"--setgid={uid}"] if uid is not None else []  # after setns, as root
         proc = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{self.netns}", *user, *argv],
-            preexec_fn=_join_cgroup(cgroup),
+            in_cgroup(cgroup, ["nsenter", f"--net=/run/netns/{self.netns}", *user, *argv]),
+            process_group=0,  # its own process group, so a kill reaches the whole pod process
             **kwargs,
         )
         self.procs.append(proc)
