@@ -23,7 +23,10 @@ import json
 import socket
 import struct
 import sys
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -220,38 +223,31 @@ def stream(
     return report
 
 
-def request_response(
-    host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
-) -> dict:
-    """Istio-benchmark style load: GETs for ``size``-byte responses at ``rate`` per second over ``connections``
-    keep-alive HTTP/1.1 connections, each paced on its own schedule (a late answer delays only its connection).
-    Latency per request, end to end, in log2 bins as for one-way delays."""
-    import threading
-
+def paced_requests(rate: float, count: int, size: int, connections: int, timeout_s: float, connect: Callable) -> dict:
+    """Istio-benchmark style load: ``count`` requests at ``rate`` per second over ``connections`` connections,
+    each paced on its own schedule (a late answer delays only its connection). ``connect()`` is a context manager
+    that opens one connection and yields ``call() -> bytes answered``; a failing call ends its connection's
+    schedule and the first failure is reported. Latency per request, end to end, in log2 bins as for one-way
+    delays."""
     latencies: list[float] = []
     received = [0]
+    errors: list[str] = []
     lock = threading.Lock()
     per_conn = max(1, count // connections)
-    request = f"GET / HTTP/1.1\r\nhost: {authority}\r\nx-response-size: {size}\r\n\r\n".encode()
 
     def worker(offset: float) -> None:
-        sock = socket.create_connection((host, port), timeout=timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        reader = sock.makefile("rb")
-        t0 = time.monotonic() + offset
         mine: list[float] = []
         got = 0
-        for i in range(per_conn):
-            wait_until(t0 + i * connections / rate)
-            start = time.monotonic_ns()
-            sock.sendall(request)
-            length = 0
-            while (line := reader.readline()) not in (b"\r\n", b""):
-                if line.lower().startswith(b"content-length"):
-                    length = int(line.split(b":")[1])
-            got += len(reader.read(length))
-            mine.append((time.monotonic_ns() - start) / 1e6)
-        sock.close()
+        try:
+            with connect() as call:
+                t0 = time.monotonic() + offset
+                for i in range(per_conn):
+                    wait_until(t0 + i * connections / rate)
+                    start = time.monotonic_ns()
+                    got += call()
+                    mine.append((time.monotonic_ns() - start) / 1e6)
+        except (OSError, RuntimeError) as error:
+            errors.append(f"{type(error).__name__}: {error}")
         with lock:
             latencies.extend(mine)
             received[0] += got
@@ -262,14 +258,42 @@ def request_response(
         th.start()
     for th in threads:
         th.join(timeout_s)
-    elapsed = time.monotonic() - t
     return {
         "requests": len(latencies),
         "bytes": received[0],
         "expected_bytes": per_conn * connections * size,
         "latency_ms": _percentiles(latencies),
-        "elapsed_s": elapsed,
+        "elapsed_s": time.monotonic() - t,
+        "error": errors[0] if errors else None,
     }
+
+
+def request_response(
+    host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
+) -> dict:
+    """GETs for ``size``-byte responses over keep-alive HTTP/1.1 connections (paced_requests)."""
+    request = f"GET / HTTP/1.1\r\nhost: {authority}\r\nx-response-size: {size}\r\n\r\n".encode()
+
+    @contextmanager
+    def connection():
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = sock.makefile("rb")
+
+        def call() -> int:
+            sock.sendall(request)
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length"):
+                    length = int(line.split(b":")[1])
+            return len(reader.read(length))
+
+        try:
+            yield call
+        finally:
+            sock.close()
+
+    return paced_requests(rate, count, size, connections, timeout_s, connection)
 
 
 def merge_delays(parts: list[dict]) -> dict:

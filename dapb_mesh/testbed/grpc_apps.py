@@ -9,13 +9,13 @@ Service dapb.Bench:
 from __future__ import annotations
 
 import json
-import threading
 import time
 from concurrent import futures
+from contextlib import contextmanager
 
 import grpc
 
-from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, _percentiles, wait_until
+from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, wait_until
 
 SERVICE = "dapb.Bench"
 ECHO, STREAM = f"/{SERVICE}/Echo", f"/{SERVICE}/Stream"
@@ -79,43 +79,21 @@ def client_stream(host: str, port: int, rate: float, count: int, size: int, auth
 def unary(
     host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
 ) -> dict:
-    """Unary calls for ``size``-byte answers at ``rate`` per second over ``connections`` channels (each its own
-    HTTP/2 connection, paced on its own schedule); latency per call, as the HTTP request/response client reports."""
-    latencies: list[float] = []
-    received = [0]
-    lock = threading.Lock()
-    per_conn = max(1, count // connections)
-    errors: list[str] = []
+    """Unary calls for ``size``-byte answers, each connection its own channel (HTTP/2 connection); reported as
+    the HTTP request/response load is (apps.paced_requests)."""
+    from dapb_mesh.testbed.apps import paced_requests
 
-    def worker(offset: float) -> None:
+    @contextmanager
+    def connection():
         with _channel(host, port, authority) as channel:
-            call = channel.unary_unary(ECHO)
-            t0 = time.monotonic() + offset
-            mine, got = [], 0
-            for i in range(per_conn):
-                wait_until(t0 + i * connections / rate)
-                start = time.monotonic_ns()
-                try:
-                    got += len(call(b"q", metadata=[("x-response-size", str(size))], timeout=timeout_s))
-                except grpc.RpcError as error:
-                    errors.append(f"{error.code().name}: {error.details()}")
-                    break
-                mine.append((time.monotonic_ns() - start) / 1e6)
-        with lock:
-            latencies.extend(mine)
-            received[0] += got
+            rpc = channel.unary_unary(ECHO)
 
-    threads = [threading.Thread(target=worker, args=(c / rate,)) for c in range(connections)]
-    t = time.monotonic()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout_s)
-    return {
-        "requests": len(latencies),
-        "bytes": received[0],
-        "expected_bytes": per_conn * connections * size,
-        "latency_ms": _percentiles(latencies),
-        "elapsed_s": time.monotonic() - t,
-        "error": errors[0] if errors else None,
-    }
+            def call() -> int:
+                try:
+                    return len(rpc(b"q", metadata=[("x-response-size", str(size))], timeout=timeout_s))
+                except grpc.RpcError as error:
+                    raise RuntimeError(f"{error.code().name}: {error.details()}") from None
+
+            yield call
+
+    return paced_requests(rate, count, size, connections, timeout_s, connection)
