@@ -98,6 +98,10 @@ class PolicyConfig(_Strict):
     """The Nagle-like fallback buffer: one MSS on a 1500 B MTU link."""
     static_timeout_ms: Millis = 8.0
     """The Nagle-like fallback timeout: the kernel's shortest delayed-ACK bound here."""
+    filter_min_hold_ms: Millis = 8.0
+    """The shortest hold the sidecar filter can keep: it releases on Envoy's timer, which fires every 4-4.5 ms
+    here when asked for 1 ms (measured), so a shorter T(t) is held this long (as the kernel rounds T up to
+    T_eff); t_max_ms still caps it."""
     hysteresis_rtt_fraction: Weight = 0.2
     """A decision changes only when RTT moves by more than this fraction ..."""
     hysteresis_loss: Fraction = 0.005

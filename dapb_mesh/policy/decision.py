@@ -74,10 +74,10 @@ class Decision:
     @property
     def filter_hold(self) -> tuple[int, int]:
         """(hold_bytes, hold_ms) for the sidecar filter: (0, 0) unless the filter enforces this decision. The
-        filter's clock counts whole milliseconds: never hold past T(t)."""
-        if self.knobs.enforcer != "filter":
+        filter's clock counts whole milliseconds: never hold past the enforced bound."""
+        if self.knobs.enforcer != "filter" or self.enforced_timeout_ms is None:
             return (0, 0)
-        return (self.buffer_bytes, max(1, math.floor(self.timeout_ms)))
+        return (self.buffer_bytes, max(1, math.floor(self.enforced_timeout_ms)))
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -145,9 +145,9 @@ def decide(
 
     holds = b > policy.b_min_bytes and b >= max(policy.min_hold_bytes, 1)
     if holds and kernel_cannot_fill(offered_bytes_per_s, enforced_timeout(t, kernel), kernel):
-        # Too little traffic to fill segments within the kernel's bound: the sidecar's filter holds instead,
-        # at its 1 ms timer, for exactly T(t); the sockets keep NODELAY.
-        enforced = t
+        # Too little traffic to fill segments within the kernel's bound: the sidecar's filter holds instead, for
+        # T(t) or the shortest hold its timer can keep (never past T_max); the sockets keep NODELAY.
+        enforced = min(max(t, policy.filter_min_hold_ms), policy.t_max_ms)
         knobs = Knobs(nodelay=True, ack_bound_ms=None, dscp=_dscp(sensitivity), enforcer="filter")
         reason += f"; {offered_bytes_per_s:.0f} B/s cannot fill segments within the kernel's bound: the filter holds"
     elif holds:
