@@ -142,7 +142,11 @@ def serve(
     if grpc_port:
         from dapb_mesh.testbed import grpc_apps
 
-        grpc_server = grpc_apps.serve(grpc_port)  # kept: a grpc.Server that is collected stops serving
+        grpc_forward = None
+        if forward_to is not None:  # a relay relays gRPC too: the next hop's gRPC port, same host name
+            host, _, authority = forward_to
+            grpc_forward = (host, grpc_port, f"{authority.rpartition(':')[0]}:{grpc_port}")
+        grpc_server = grpc_apps.serve(grpc_port, grpc_forward)  # kept: a collected grpc.Server stops serving
     server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
     server.daemon_threads = True
     print("ready", flush=True)

@@ -21,15 +21,23 @@ SERVICE = "dapb.Bench"
 ECHO, STREAM = f"/{SERVICE}/Echo", f"/{SERVICE}/Stream"
 
 
-def serve(port: int) -> grpc.Server:
-    """Start the Bench service on 0.0.0.0:port (cleartext HTTP/2, as an app behind a sidecar listens)."""
+def serve(port: int, forward_to: tuple[str, int, str] | None = None) -> grpc.Server:
+    """Start the Bench service on 0.0.0.0:port (cleartext HTTP/2, as an app behind a sidecar listens). With
+    ``forward_to`` (host, port, authority) it relays every call to the next hop of a chain instead, message by
+    message, and returns the next hop's answer."""
+    downstream = _channel(*forward_to) if forward_to else None
 
-    def echo(_request: bytes, context: grpc.ServicerContext) -> bytes:
-        size = int(dict(context.invocation_metadata()).get("x-response-size", 1024))
-        return b"r" * size
+    def echo(request: bytes, context: grpc.ServicerContext) -> bytes:
+        metadata = context.invocation_metadata()
+        if downstream is not None:
+            return downstream.unary_unary(ECHO)(request, metadata=_passed_on(metadata))
+        return b"r" * int(dict(metadata).get("x-response-size", 1024))
 
     def stream(requests, context: grpc.ServicerContext) -> bytes:
-        reader = MessageReader(int(dict(context.invocation_metadata()).get("x-msg-size", 64)))
+        metadata = context.invocation_metadata()
+        if downstream is not None:
+            return downstream.stream_unary(STREAM)(requests, metadata=_passed_on(metadata))
+        reader = MessageReader(int(dict(metadata).get("x-msg-size", 64)))
         for message in requests:
             reader.feed(message, time.monotonic_ns())
         return json.dumps({**reader.summary(), "complete": True}).encode()
@@ -46,6 +54,10 @@ def serve(port: int) -> grpc.Server:
     server.add_insecure_port(f"0.0.0.0:{port}")
     server.start()
     return server
+
+
+def _passed_on(metadata) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in metadata if k in ("x-msg-size", "x-response-size")]
 
 
 def _channel(host: str, port: int, authority: str) -> grpc.Channel:

@@ -355,7 +355,15 @@ class Mesh:
             role = ["server", "--grpc-port", str(ec.GRPC_PORT)]
             if self.kind == "chain" and i < len(self.pods) - 1:
                 nxt = self.services[i + 1]
-                role = ["relay", "--next", f"{nxt.addresses[0]}:{nxt.port}", "--authority", f"{nxt.name}:{nxt.port}"]
+                role = [
+                    "relay",
+                    "--next",
+                    f"{nxt.addresses[0]}:{nxt.port}",
+                    "--authority",
+                    f"{nxt.name}:{nxt.port}",
+                    "--grpc-port",
+                    str(ec.GRPC_PORT),
+                ]
             ready = pod.popen(
                 [
                     sys.executable,
