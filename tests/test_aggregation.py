@@ -139,22 +139,25 @@ def test_unary_requests_pass_untouched():
     assert [w for _, w in s.forwarded] == [b"one message"]
 
 
-def test_reconfiguration_leaves_open_streams_under_their_configuration():
-    """Envoy applies a new plugin configuration as a new root context in the same VM."""
+def test_reconfiguration_releases_what_is_held_and_applies_to_open_streams_too():
+    """Envoy applies a new plugin configuration as a new root context in the same VM, while a long-lived stream
+    stays open under the old one: what it holds goes at once, and its next chunks follow the new B and T."""
     h = host(hold_bytes=10_000, hold_ms=40)
     old_ctx, old = open_stream(h)
     h.request_body(old_ctx, b"o" * 10)
-    root, ok = h.reconfigure(
-        json.dumps({"hold_bytes": 10_000, "hold_ms": 10, "throughput_below": 0.3, "route:telemetry": 0.0}).encode()
-    )
+    new = {"hold_bytes": 10_000, "hold_ms": 10, "throughput_below": 0.3, "route:telemetry": 0.0}
+    root, ok = h.reconfigure(json.dumps(new).encode())
     assert ok and root != 1
-    new_ctx, new = open_stream(h)
-    h.request_body(new_ctx, b"n" * 10)
+    assert [w for _, w in old.forwarded] == [b"o" * 10]  # released by the reconfiguration, not lost
+    start = h.now_ns
+    h.request_body(old_ctx, b"p" * 10)
     for _ in range(12):
         h.tick(1)
-    assert [w for _, w in new.forwarded] == [b"n" * 10] and old.forwarded == []  # the old T (40 ms) still holds
-    h.delete_root(1)  # the old configuration goes: what it held goes on at once
-    assert [w for _, w in old.forwarded] == [b"o" * 10]
+    assert [(w, (t - start) // 1_000_000 <= 10) for t, w in old.forwarded[1:]] == [(b"p" * 10, True)]  # new T
+    new_ctx, _fresh = open_stream(h)
+    assert h.request_body(new_ctx, b"n" * 10) == HELD
+    h.delete_root(1)  # the old root goes: the stream it started keeps following the configuration in force
+    assert h.request_body(old_ctx, b"q" * 10) == HELD
 
 
 def test_streams_of_a_root_whose_timer_stopped_are_released_by_the_new_roots_ticks():
@@ -246,3 +249,20 @@ def test_no_byte_lost_reordered_or_held_past_t(chunks, hold_bytes, hold_ms):
         offset += len(write)
     assert bytes(out) == bytes(sent)
     assert all(len(w) <= max(hold_bytes, 300) + 300 for _, w in s.forwarded)  # memory bounded by about B
+
+
+def test_many_reconfigurations_while_old_roots_live_on_are_all_taken():
+    """Long-lived streams keep replaced root contexts alive: more of them than the filter has slots for."""
+    h = host()
+    ctx, s = open_stream(h)
+    for hold_ms in range(10, 30):
+        _root, ok = h.reconfigure(
+            json.dumps({"hold_bytes": 10_000, "hold_ms": hold_ms, "route:telemetry": 0.0}).encode()
+        )
+        assert ok
+    start = h.now_ns
+    h.request_body(ctx, b"z" * 10)
+    for _ in range(40):
+        h.tick(1)
+    ((t, write),) = s.forwarded
+    assert write == b"z" * 10 and 24 <= (t - start) / 1e6 <= 29  # the last configuration's T (29 ms) holds

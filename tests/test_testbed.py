@@ -152,6 +152,18 @@ def test_chain_and_fan_out_deliver_every_message_and_dapb_coalesces_every_hop(tm
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + hops * (dapb["enforced_bound_ms"] + tick)
 
 
+def test_the_live_agent_hands_a_slow_stream_to_the_filter_through_the_control_plane(tmp_path):
+    """Mode agent at 1,000 msg/s: the agent measures the load per socket, picks the filter, publishes its hold to
+    a file, and the testbed control plane serves it to the sidecars over ECDS; the open stream takes it."""
+    result = bench_json(
+        tmp_path / "a.json", "--scenario", "stream-small", "--modes", "baseline,agent", "--rate", "1000", "--quick"
+    )
+    base, agent = (result["modes"][m] for m in ("baseline", "agent"))
+    assert base["lost_bytes"] == agent["lost_bytes"] == 0
+    assert agent["agent"]["decisions"]["throughput"]["enforced_timeout_ms"] is not None
+    assert agent["data_segments"] < 0.5 * base["data_segments"]  # the first ~0.3 s go before the agent decides
+
+
 def test_mixed_load_coalesces_the_stream_without_delaying_the_requests_beside_it(tmp_path):
     """The stream (throughput class) and 1 KiB requests (auto class) through the same client sidecar at once."""
     result = bench_json(tmp_path / "m.json", "--scenario", "mixed", "--modes", "baseline,dapb", "--quick")

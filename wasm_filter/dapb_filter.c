@@ -20,8 +20,8 @@
 // tick interval and releases when age + that interval reaches hold_ms. Envoy owns the buffered bytes: a reset or
 // a drain is Envoy's ordinary stream handling; the filter never drops, reorders or rewrites body bytes.
 //
-// Plugin configuration (JSON, one flat object; each root context keeps its own, so a reconfiguration applies to
-// new streams while streams already held finish under the configuration they started with):
+// Plugin configuration (JSON, one flat object). A new configuration releases what is held and applies to every
+// stream of the VM, open ones included:
 //   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4, "hold_bytes": 0, "hold_ms": 0,
 //    "buffer_limit_bytes": 0, "urgent_prefix": "!", "route:<route name>": <urgency 0..1>, ...}
 #include <stddef.h>
@@ -190,12 +190,24 @@ struct plugin {
 static uint64_t last_tick_ns, tick_slack_ns = 5000000; // until ticks are seen: Envoy's usual 4-4.5 ms here
 static struct plugin plugins[MAX_ROOTS];
 
+// The configuration in force: the newest one configured in this VM. Envoy applies a new configuration (ECDS) as a
+// new root context in the same VM while long-lived streams (telemetry streams live for hours) stay open under
+// the old one; they take the new B and T too, after what they hold has been released. One DAPB configuration
+// per VM: filters that need different configurations need different vm_ids.
+static struct plugin *newest;
+
 static struct plugin *find_plugin(uint32_t root)
 {
 	for (int i = 0; i < MAX_ROOTS; i++)
 		if (plugins[i].root == root)
 			return &plugins[i];
 	return NULL;
+}
+
+// The configuration a stream of `root` follows: the newest in the VM, or its own root's if none is newer.
+static struct plugin *in_force(uint32_t root)
+{
+	return newest && newest->root ? newest : find_plugin(root);
 }
 
 static void plugin_defaults(struct plugin *p, uint32_t root)
@@ -417,7 +429,7 @@ static int urgent_chunk(const struct plugin *p, const struct held *h, int stream
 static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_stream)
 {
 	struct held *h = find_held(ctx);
-	struct plugin *p = h ? find_plugin(h->root) : NULL;
+	struct plugin *p = h ? in_force(h->root) : NULL;
 	if (!h || !p)
 		return ACTION_CONTINUE;
 	struct direction *d = &h->dir[stream];
@@ -498,7 +510,7 @@ WASM_EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id)
 	for (int i = 0; i < MAX_HELD; i++) {
 		if (!held[i].ctx)
 			continue;
-		struct plugin *p = find_plugin(held[i].root);
+		struct plugin *p = in_force(held[i].root);
 		for (int s = STREAM_REQUEST; s <= STREAM_RESPONSE; s++)
 			if (held[i].dir[s].paused && (!p || due(p, &held[i].dir[s], now)))
 				release(&held[i], s);
@@ -514,11 +526,11 @@ WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, siz
 	struct plugin *p = find_plugin(root_id);
 	if (!p)
 		p = find_plugin(0);
-	if (!p) {
-		log_str(LOG_WARN, "dapb: too many root contexts in one VM; configuration rejected");
-		return 0;
-	}
-	release_all(root_id); // what this root held was held under the configuration being replaced
+	for (int i = 0; !p && i < MAX_ROOTS; i++)
+		if (&plugins[i] != newest)
+			p = &plugins[i]; // all slots taken by replaced roots (their streams follow the newest): reuse one
+	release_all(0); // what is held was held under the configuration being replaced: it goes now
+	proxy_set_effective_context(root_id);
 	plugin_defaults(p, root_id);
 	char *data = NULL;
 	size_t got = 0;
@@ -535,6 +547,7 @@ WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, siz
 		ok = 0; // a hold without a time bound is never allowed
 	if (!ok)
 		plugin_defaults(p, root_id); // nothing held under a rejected configuration
+	newest = p;
 	// Tick while this configuration holds or anything in the VM is still held (perhaps under a root whose
 	// timer Envoy has stopped).
 	proxy_set_tick_period_milliseconds(any_plugin_holds() || any_held() ? 1 : 0);
@@ -568,6 +581,12 @@ static void forget(uint32_t id)
 	if (p) { // a root context goes: its streams are released, its slot freed
 		release_all(id);
 		p->root = 0;
+		if (newest == p) { // the configuration in force goes: another live one takes over, if any
+			newest = NULL;
+			for (int i = 0; i < MAX_ROOTS; i++)
+				if (plugins[i].root)
+					newest = &plugins[i];
+		}
 	}
 }
 
@@ -629,7 +648,7 @@ static int header_starts_with(int map, const char *key, size_t key_len, const ch
 WASM_EXPORT(proxy_on_request_headers)
 int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_stream)
 {
-	struct plugin *p = find_plugin(root_of(ctx));
+	struct plugin *p = in_force(root_of(ctx));
 	if (!p)
 		return ACTION_CONTINUE; // no configured root: leave the request alone
 	int u = -1;
@@ -647,13 +666,13 @@ int32_t proxy_on_request_headers(uint32_t ctx, size_t headers, int32_t end_of_st
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "latency", 7);
 	else if (u < p->throughput_below) {
 		proxy_replace_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12, "throughput", 10);
-		if (p->hold_bytes) { // both directions may hold: the response may stream even after a short request
-			struct held *slot = find_held(0);
-			if (slot) {
-				struct held fresh = {.ctx = ctx, .root = p->root};
-				fresh.grpc = header_starts_with(MAP_REQUEST_HEADERS, "content-type", 12, "application/grpc", 16);
-				*slot = fresh;
-			}
+		// Every throughput stream gets a slot, held or not yet: a later configuration may bring a hold while it
+		// is open. Both directions may hold: the response may stream even after a short request.
+		struct held *slot = find_held(0);
+		if (slot) {
+			struct held fresh = {.ctx = ctx, .root = root_of(ctx)};
+			fresh.grpc = header_starts_with(MAP_REQUEST_HEADERS, "content-type", 12, "application/grpc", 16);
+			*slot = fresh;
 		}
 	} else
 		proxy_remove_header_map_value(MAP_REQUEST_HEADERS, "x-dapb-class", 12); // a client cannot pick it

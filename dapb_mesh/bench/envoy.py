@@ -9,6 +9,7 @@ leave the client pod, so app-to-sidecar loopback traffic is not mixed in.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +48,7 @@ SOL_IP, IP_TOS = 0, 1
 
 WASM = Path(__file__).resolve().parents[2] / "wasm_filter" / "dapb_filter.wasm"
 ENVOY_BUFFER_LIMIT_BYTES = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes (the testbed keeps it)
+AGENT_FILTER_CONFIG = "agent-filter-config.json"  # where the bench's agent publishes the filter configuration
 DSCP_AUTO = 18  # AF21 on the default cluster: only so that tc can count auto-class traffic
 
 
@@ -161,15 +163,18 @@ def run_envoy(
         wasm_config=filter_config(table, settings, (0, 0)),
     )
     dscp = L.DSCP_THROUGHPUT if sensitivity is Sensitivity.THROUGHPUT else DSCP_AUTO
-    pushed = {"hold": (0, 0)}
 
     def before_run(p) -> None:
-        """Give the filter the mode's hold (B, T) when its enforcer is the filter; none otherwise."""
-        if p.filter_hold != pushed["hold"]:
-            config = filter_config(table, settings, p.filter_hold)
+        """Give the filter the mode's hold (B, T) when its enforcer is the filter, none otherwise; in agent mode
+        the agent's own publications reach the filter (Mesh.follow_filter_config)."""
+        if p.agent:
+            mesh.follow_filter_config(mesh.workdir / AGENT_FILTER_CONFIG)
+            return
+        mesh.stop_following()
+        config = filter_config(table, settings, p.filter_hold)
+        if config != mesh.wasm_config:
             mesh.update_routes(mesh.routes, f"hold-{p.filter_hold[0]}-{p.filter_hold[1]}", config)
             mesh.wait_for_config(rf"hold_bytes\W+{p.filter_hold[0]}\b")
-            pushed["hold"] = p.filter_hold
 
     with mesh, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
@@ -214,8 +219,19 @@ def run_envoy(
                 )
 
             def make_agent() -> Agent:
+                # The agent's companion reads the client sidecar's routes from the testbed control plane and the
+                # bench's VirtualServices from a directory, as it would read istiod and the Kubernetes API.
+                vs_dir = mesh.workdir / "virtual-services"
+                vs_dir.mkdir(exist_ok=True)
+                for vs in services:
+                    (vs_dir / f"{vs['metadata']['name']}.yaml").write_text(json.dumps(vs))  # JSON is YAML
                 a = settings.agent.model_copy(
                     update={
+                        "companion_target": f"unix:{mesh.control_plane.socket_path}",
+                        "companion_node_id": ec.node_id(mesh.sidecars[0].spec),
+                        "virtual_services": str(vs_dir),
+                        "filter_config_file": mesh.workdir / AGENT_FILTER_CONFIG,
+                        "proxy_buffer_limit_bytes": ENVOY_BUFFER_LIMIT_BYTES,
                         "cgroups": [p.container("sidecar") for p in mesh.pods],
                         "instance": f"agent-bench-{mesh.run_id}",
                         "store": mesh.workdir / "history.db",

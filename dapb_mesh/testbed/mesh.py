@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import suppress
@@ -216,6 +217,8 @@ class Mesh:
         self.wasm_filter = wasm_filter
         self.wasm_config = wasm_config
         self.buffer_limit_bytes = buffer_limit_bytes
+        self._following = threading.Event()
+        self._following.set()  # not following a configuration file
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -386,6 +389,8 @@ class Mesh:
         """Push new routes (and a new filter configuration) to every sidecar: a new snapshot version."""
         assert self.control_plane is not None
         self.routes = routes
+        if wasm_config is not None:
+            self.wasm_config = wasm_config
         for sidecar in self.sidecars:
             sidecar.spec.routes = routes
             if wasm_config is not None:
@@ -393,6 +398,28 @@ class Mesh:
             self.control_plane.set_snapshot(
                 ec.node_id(sidecar.spec), Snapshot.build(version, ec.resources(sidecar.spec))
             )
+
+    def follow_filter_config(self, path: Path, poll_s: float = 0.05) -> None:
+        """Serve the filter configuration written to ``path`` (the agent's `filter_config_file`) to every
+        sidecar over ECDS whenever it changes: the control plane's part of the agent-to-filter loop."""
+        import threading
+
+        def follow() -> None:
+            seen = None
+            while not self._following.wait(poll_s):
+                try:
+                    text = path.read_text().strip()
+                except OSError:
+                    continue
+                if text and text != seen and text != self.wasm_config:
+                    self.update_routes(self.routes, f"agent-{time.monotonic_ns()}", text)
+                seen = text
+
+        self._following.clear()
+        threading.Thread(target=follow, daemon=True).start()
+
+    def stop_following(self) -> None:
+        self._following.set()
 
     def wait_for_config(self, pattern: str, timeout_s: float = 10.0) -> None:
         """Wait until every sidecar's configuration (listeners, routes, ECDS filter configurations) matches
@@ -408,6 +435,7 @@ class Mesh:
         raise TimeoutError(f"sidecars did not apply the new configuration ({pattern}) in {timeout_s}s")
 
     def down(self) -> None:
+        self.stop_following()
 
         for pod in self.pods:
             pod.stop()
