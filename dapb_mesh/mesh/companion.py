@@ -230,6 +230,8 @@ class Companion:
             try:
                 self._stream_once()
             except grpc.RpcError as error:
+                if self._stop.is_set():
+                    return  # our own stop cancelled the stream
                 code = error.code() if hasattr(error, "code") else "?"
                 log.warning("control plane %s unreachable (%s); keeping the last table", self.target, code)
             if time.monotonic() - started > 10:
