@@ -68,3 +68,12 @@ def test_invalid_configuration_exits_nonzero_naming_the_field(tmp_path):
     out = dapb("policy", "explain", "--rtt-ms", "1", "--loss", "0", "--jitter-ms", "0", "--config", str(path))
     assert out.returncode == 2
     assert "b_min_bytes" in out.stderr and "9000" in out.stderr
+
+
+def test_filter_test_streams_a_body_through_the_filter_and_names_a_bad_spec():
+    cfg = '{"hold_bytes": 4096, "hold_ms": 10, "route:telemetry": 0.0}'
+    out = dapb("filter", "test", "--route", "telemetry", "--config", cfg, "--body", "64x20@1", "--tick-ms", "4")
+    assert out.returncode == 0, out.stderr
+    assert "x-dapb-class: throughput" in out.stdout and "20 chunks -> 3 writes" in out.stdout
+    bad = dapb("filter", "test", "--body", "64 by 20")
+    assert bad.returncode == 2 and "64 by 20" in bad.stderr

@@ -341,3 +341,45 @@ def classify(wasm: Path, config: bytes, headers: dict[str, str], route: str | No
     cls = stream.request_headers.get("x-dapb-class")
     host.finish(ctx)
     return cls, host.logs
+
+
+@dataclass(frozen=True)
+class Release:
+    at_ms: float  # host time of the write
+    size: int  # bytes in the write
+    oldest_wait_ms: float  # how long its oldest byte was held
+
+
+def simulate_body(
+    wasm: Path,
+    config: bytes,
+    headers: dict[str, str],
+    route: str | None,
+    chunks: list[tuple[float, bytes]],
+    tick_ms: float = 4.0,
+) -> tuple[str | None, list[Release], list]:
+    """One streamed request through the filter: ``chunks`` arrive at their times (ms), the host ticks every
+    ``tick_ms`` (Envoy: 4-4.5 ms here when asked for 1), and the body ends after the last chunk. Returns the class
+    the filter gave, every upstream write with the wait of its oldest byte, and the filter's log."""
+    host = ProxyWasmHost(wasm, config)
+    if not host.configure():
+        raise HostError(f"the filter rejected its configuration: {host.logs}")
+    ctx, stream = host.new_stream({"xds.route_name": route.encode()} if route else {})
+    host.request_headers(ctx, headers, end_of_stream=False)
+    arrivals: list[tuple[int, int]] = []  # (arrival ns, end offset)
+    offset, next_tick = 0, tick_ms
+    for at_ms, data in sorted(chunks, key=lambda c: c[0]):
+        while next_tick <= at_ms:
+            host.tick(next_tick - host.now_ns / 1e6)
+            next_tick += tick_ms
+        host.now_ns = round(at_ms * 1e6)
+        arrivals.append((host.now_ns, offset + len(data)))
+        offset += len(data)
+        host.request_body(ctx, data)
+    host.request_body(ctx, b"", end_of_stream=True)
+    releases, sent = [], 0
+    for t, write in stream.forwarded:
+        first = next(ns for ns, end in arrivals if end > sent)
+        releases.append(Release(t / 1e6, len(write), (t - first) / 1e6))
+        sent += len(write)
+    return stream.request_headers.get("x-dapb-class"), releases, host.logs
