@@ -124,8 +124,10 @@ def policy_explain(
     loss: Annotated[
         float,
         typer.Option("--loss", help="Loss rate as a fraction of segments, 0..1.", callback=_finite("--loss", 0, 1)),
-    ],
-    jitter_ms: Annotated[float, typer.Option("--jitter-ms", help="Jitter, ms.", callback=_finite("--jitter-ms", 0))],
+    ] = 0.0,
+    jitter_ms: Annotated[
+        float, typer.Option("--jitter-ms", help="Jitter, ms.", callback=_finite("--jitter-ms", 0))
+    ] = 0.0,
     sensitivity: Annotated[
         Sensitivity, typer.Option("--sensitivity", help="L(t): latency, throughput, or auto (eq. 1).")
     ] = Sensitivity.AUTO,
@@ -178,7 +180,14 @@ def policy_explain(
     table.add_row("B(t) buffer", f"{decision.buffer_bytes} B")
     table.add_row("T(t) timeout", f"{decision.timeout_ms:.2f} ms")
     enforced = decision.enforced_timeout_ms
-    table.add_row("enforced bound", "none: sent at once" if enforced is None else f"{enforced:g} ms (kernel ticks)")
+    if enforced is None:
+        bound = "none: sent at once"
+    elif decision.knobs.enforcer == "filter":
+        hold_bytes, hold_ms = decision.filter_hold
+        bound = f"{enforced:g} ms: the sidecar filter holds up to {hold_bytes} B for {hold_ms} ms (Envoy's timer)"
+    else:
+        bound = f"{enforced:g} ms: Nagle + the receiver's delayed ACK (whole kernel ticks)"
+    table.add_row("enforced bound", bound)
     table.add_row("U(t) urgency", f"{decision.urgency:.2f}")
     table.add_row("E(t) energy", f"{decision.energy:.3f}")
     table.add_row("fallback", "yes" if decision.fallback else "no")
