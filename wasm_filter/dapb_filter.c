@@ -329,7 +329,7 @@ static int parse_config(struct plugin *p, const char *s, size_t n)
 #define MAX_HELD 256
 struct direction {
 	uint64_t first_ns; // arrival of the oldest byte held (valid while paused)
-	size_t buffered; // bytes Envoy buffers for us (its body buffer when we paused last)
+	size_t buffered; // bytes Envoy holds for us, counted here (each call shows only the newest chunk)
 	int paused; // Envoy is buffering this direction's body for us
 };
 struct held {
@@ -367,6 +367,14 @@ static uint64_t now_ns(void)
 	return t;
 }
 
+// Nothing held in this direction any more (Envoy has been told, or is about to be told, to go on).
+static void clear(struct direction *d)
+{
+	d->paused = 0;
+	d->first_ns = 0;
+	d->buffered = 0;
+}
+
 static void release(struct held *h, int stream)
 {
 	struct direction *d = &h->dir[stream];
@@ -374,9 +382,7 @@ static void release(struct held *h, int stream)
 		proxy_set_effective_context(h->ctx);
 		proxy_continue_stream(stream);
 	}
-	d->paused = 0;
-	d->first_ns = 0;
-	d->buffered = 0;
+	clear(d);
 }
 
 static void release_all(uint32_t root)
@@ -437,9 +443,7 @@ static int32_t on_body(uint32_t ctx, int stream, size_t size, int32_t end_of_str
 	uint64_t now = now_ns();
 	if (end_of_stream || !p->hold_bytes || total >= hold_cap(p) || urgent_chunk(p, h, stream, size) ||
 	    (d->paused && due(p, d, now))) {
-		d->paused = 0; // returning CONTINUE releases everything Envoy buffered, in order
-		d->first_ns = 0;
-		d->buffered = 0;
+		clear(d); // returning CONTINUE releases everything Envoy buffered, in order
 		return ACTION_CONTINUE;
 	}
 	if (!d->paused)
@@ -463,11 +467,8 @@ WASM_EXPORT(proxy_on_response_body) int32_t proxy_on_response_body(uint32_t ctx,
 static int32_t on_trailers(uint32_t ctx, int stream)
 {
 	struct held *h = find_held(ctx);
-	if (h) {
-		h->dir[stream].paused = 0;
-		h->dir[stream].first_ns = 0;
-		h->dir[stream].buffered = 0;
-	}
+	if (h)
+		clear(&h->dir[stream]);
 	return ACTION_CONTINUE;
 }
 

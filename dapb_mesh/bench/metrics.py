@@ -139,10 +139,9 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
         values = [r[key] for r in runs]
         if isinstance(values[0], list):  # histograms add up
             out[key] = [sum(bins) for bins in zip(*values, strict=True)]
+        elif None in values:  # not measured in some run (e.g. no proxies)
+            out[key] = None
         else:
-            if None in values:
-                out[key] = None
-            else:
-                out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
+            out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
     out["repeats"] = len(runs)
     return out

@@ -57,11 +57,8 @@ class Stream:
 
     def release(self, now_ns: int, stream_type: int = STREAM_REQUEST) -> None:
         """What Envoy does on CONTINUE: everything buffered goes on as one write, in order."""
-        body, out = (
-            (self.request_body, self.forwarded)
-            if stream_type == STREAM_REQUEST
-            else (self.response_body, self.returned)
-        )
+        body = self.body(stream_type)
+        out = self.forwarded if stream_type == STREAM_REQUEST else self.returned
         if body:
             out.append((now_ns, bytes(body)))
             body.clear()

@@ -214,11 +214,14 @@ def with_hysteresis(previous: Decision | None, candidate: Decision, cfg: PolicyC
         and previous.source is candidate.source
         and previous.fallback == candidate.fallback
     )
-    if same_rule and previous.knobs.enforcer != candidate.knobs.enforcer and not rate_moved(previous, candidate, cfg):
-        return previous, False  # the load wobbles around the kernel/filter crossover: keep the enforcer
-    same_enforcer = previous.knobs.enforcer == candidate.knobs.enforcer
-    if same_rule and same_enforcer and not conditions_moved(previous.conditions, candidate.conditions, cfg):
-        return previous, False
+    if same_rule:
+        if previous.knobs.enforcer != candidate.knobs.enforcer:
+            # the load may just wobble around the kernel/filter crossover: keep the enforcer until it moved
+            moved = rate_moved(previous, candidate, cfg)
+        else:
+            moved = conditions_moved(previous.conditions, candidate.conditions, cfg)
+        if not moved:
+            return previous, False
     return candidate, candidate != previous
 
 

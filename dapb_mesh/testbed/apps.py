@@ -25,7 +25,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -79,14 +79,10 @@ class _Handler(BaseHTTPRequestHandler):
         fail_after = int(self.headers.get("x-fail-after", 0))
         complete = False
         try:
-            while line := self.rfile.readline():
-                n = int(line.split(b";")[0], 16)
-                if n == 0:
-                    self.rfile.readline()
+            for chunk in _chunks(self.rfile):
+                if not chunk:
                     complete = True
                     break
-                chunk = self.rfile.read(n)
-                self.rfile.readline()
                 reader.feed(chunk, time.monotonic_ns())
                 if fail_after and len(reader.delays_ms) >= fail_after:
                     self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
@@ -112,13 +108,8 @@ class _Handler(BaseHTTPRequestHandler):
                 down.sendall(
                     f"POST /stream HTTP/1.1\r\nhost: {authority}\r\ntransfer-encoding: chunked\r\n{extra}\r\n".encode()
                 )
-                while line := self.rfile.readline():
-                    n = int(line.split(b";")[0], 16)
-                    chunk = self.rfile.read(n) if n else b""
-                    self.rfile.readline()
-                    down.sendall(b"%x\r\n%s\r\n" % (n, chunk))
-                    if n == 0:
-                        break
+                for chunk in _chunks(self.rfile):
+                    down.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))  # the empty last chunk too
                 answer = _read_response(down)
         except (OSError, RuntimeError, ValueError) as error:
             self.send_response(502)
@@ -128,6 +119,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
         self._reply(json.dumps(answer).encode(), "application/json")
+
+
+def _chunks(rfile) -> Iterator[bytes]:
+    """The chunks of a chunked HTTP/1.1 body as they arrive, ending with the empty last chunk; a body that
+    breaks off (EOF) just ends sooner. ValueError on a malformed size line."""
+    while line := rfile.readline():
+        n = int(line.split(b";")[0], 16)
+        chunk = rfile.read(n) if n else b""
+        rfile.readline()  # the CRLF after the data (or the empty trailer section)
+        yield chunk
+        if not n:
+            return
 
 
 def serve(

@@ -217,8 +217,8 @@ class Mesh:
         self.wasm_filter = wasm_filter
         self.wasm_config = wasm_config
         self.buffer_limit_bytes = buffer_limit_bytes
-        self._following = threading.Event()
-        self._following.set()  # not following a configuration file
+        self._follow_stop = threading.Event()  # set: no configuration file is being followed
+        self._follow_stop.set()
         self.pods: list[Pod] = []
         self.sidecars: list[Sidecar] = []
         self.bridge_ns = f"{PREFIX}{self.run_id}-br"
@@ -402,11 +402,12 @@ class Mesh:
     def follow_filter_config(self, path: Path, poll_s: float = 0.05) -> None:
         """Serve the filter configuration written to ``path`` (the agent's `filter_config_file`) to every
         sidecar over ECDS whenever it changes: the control plane's part of the agent-to-filter loop."""
-        import threading
+        if not self._follow_stop.is_set():
+            return  # already following
 
         def follow() -> None:
             seen = None
-            while not self._following.wait(poll_s):
+            while not self._follow_stop.wait(poll_s):
                 try:
                     text = path.read_text().strip()
                 except OSError:
@@ -415,11 +416,11 @@ class Mesh:
                     self.update_routes(self.routes, f"agent-{time.monotonic_ns()}", text)
                 seen = text
 
-        self._following.clear()
+        self._follow_stop.clear()
         threading.Thread(target=follow, daemon=True).start()
 
     def stop_following(self) -> None:
-        self._following.set()
+        self._follow_stop.set()
 
     def wait_for_config(self, pattern: str, timeout_s: float = 10.0) -> None:
         """Wait until every sidecar's configuration (listeners, routes, ECDS filter configurations) matches
@@ -502,9 +503,7 @@ class Mesh:
         """stream-small: the client app streams ``count`` messages at ``rate`` to the server service. Options
         go to the client (stream_id, pause_ms, abort, fail_after); a failed stream raises unless allowed."""
         result = self._client_app("client", timeout_s, rate=rate, count=count, size=size, **options)
-        if result["error"] and not allow_failure:
-            raise RuntimeError(f"the stream failed: {result['error']}")
-        return result
+        return result if allow_failure else _succeeded(result, "the stream")
 
     def stream_summary(self, stream_id: str, timeout_s: float = 10.0) -> dict:
         """What the server app recorded for a stream (complete or broken), once it has recorded it."""
@@ -525,9 +524,7 @@ class Mesh:
     def grpc_stream(self, rate: float, count: int, size: int, timeout_s: float = 120.0) -> dict:
         """Small messages on one client-streaming gRPC call (HTTP/2 from the app on), as stream() reports."""
         result = self._client_app("grpc-stream", timeout_s, rate=rate, count=count, size=size)
-        if result["error"]:
-            raise RuntimeError(f"the gRPC stream failed: {result['error']}")
-        return result
+        return _succeeded(result, "the gRPC stream")
 
     def grpc_unary(self, rate: float, count: int, size: int = 1024, connections: int = 2, timeout_s: float = 120.0):
         """Unary gRPC calls for ``size``-byte answers at ``rate`` per second over ``connections`` channels."""
@@ -540,7 +537,14 @@ class Mesh:
         svc = self.targets[0]
         stream = self._start_client(svc, "client", timeout_s, rate=rate, count=count, size=size)
         rr = self._start_client(svc, "rr", timeout_s, rate=rr_rate, count=rr_count, size=1024, connections=2)
-        result = {"stream": self._collect("client", [stream], timeout_s), "rr": self._collect("rr", [rr], timeout_s)}
-        if result["stream"]["error"]:
-            raise RuntimeError(f"the stream failed: {result['stream']['error']}")
-        return result
+        return {
+            "stream": _succeeded(self._collect("client", [stream], timeout_s), "the stream"),
+            "rr": self._collect("rr", [rr], timeout_s),
+        }
+
+
+def _succeeded(result: dict, what: str) -> dict:
+    """A stream client's answer, or RuntimeError with the failure it reported."""
+    if result["error"]:
+        raise RuntimeError(f"{what} failed: {result['error']}")
+    return result
