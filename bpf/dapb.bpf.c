@@ -55,6 +55,14 @@ struct {
 } dapb_port_class SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DAPB_MAX_PEER_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dapb_peer_key);
+	__type(value, __u32);
+} dapb_bounded_peers SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, DAPB_MAX_SOCKETS);
 	__type(key, __u64);
@@ -132,7 +140,9 @@ static __always_inline void apply(struct bpf_sock_ops *skops, const struct dapb_
 {
 	__u32 had = st->applied_flags;
 	__u32 want = p ? p->flags : 0;
-	st->applied_flags &= DAPB_S_APP_NODELAY;
+	st->applied_flags &= DAPB_S_GUARD_BITS;
+	if (st->applied_flags & (DAPB_S_UNBOUNDED_PEER | DAPB_S_INTERACTIVE))
+		want &= ~DAPB_F_NAGLE; /* the guard: no hold where DAPB does not bound the wait */
 
 	if (want & DAPB_F_NAGLE)
 		set_int(skops, SOL_TCP, TCP_NODELAY, 0, DAPB_F_NAGLE, st);
@@ -192,6 +202,85 @@ static __always_inline void record(struct bpf_sock_ops *skops, struct dapb_sock_
 	}
 }
 
+static __always_inline int is_loopback4(__u32 addr_be)
+{
+	return (bpf_ntohl(addr_be) >> 24) == 127;
+}
+
+/* The peer's address as an LPM key (IPv4 mapped into IPv6); 0 if the peer is in this pod (loopback or our own
+ * address: a local application, whose delayed ACK nobody bounds). */
+static __always_inline int peer_key(struct bpf_sock_ops *skops, struct dapb_peer_key *key)
+{
+	key->prefixlen = 128;
+	if (skops->family == AF_INET) {
+		__u32 remote = skops->remote_ip4;
+		if (is_loopback4(remote) || remote == skops->local_ip4)
+			return 0;
+		key->addr[10] = 0xff;
+		key->addr[11] = 0xff;
+		__builtin_memcpy(&key->addr[12], &remote, 4);
+		return 1;
+	}
+	if (skops->family != AF_INET6)
+		return 0;
+	__u32 r[4] = { skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2], skops->remote_ip6[3] };
+	__u32 l[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
+	if (r[0] == l[0] && r[1] == l[1] && r[2] == l[2] && r[3] == l[3])
+		return 0;
+	if (!r[0] && !r[1] && !r[2] && r[3] == bpf_htonl(1)) /* ::1 */
+		return 0;
+	if (!r[0] && !r[1] && r[2] == bpf_htonl(0xffff) && is_loopback4(r[3]))
+		return 0;
+	__builtin_memcpy(key->addr, r, 16);
+	return 1;
+}
+
+/* May this socket ever hold? Only where DAPB bounds the wait: the sidecar's own upstream socket to a peer
+ * sidecar whose delayed ACK DAPB bounds (dapb_bounded_peers), never a socket to or from a local application. */
+static __always_inline int peer_bounded(struct bpf_sock_ops *skops, const struct dapb_config *cfg)
+{
+	if (cfg->flags & DAPB_CFG_UNGUARDED)
+		return 1;
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		return 0; /* accepted: our peer opened it; its ACKs are its own */
+	if (cfg->hold_uid != DAPB_ANY_UID) {
+		struct bpf_sock *sk = skops->sk;
+		struct tcp_sock *tp = sk ? bpf_skc_to_tcp_sock(sk) : 0;
+		if (!tp || tp->inet_conn.icsk_inet.sk.sk_uid.val != cfg->hold_uid)
+			return 0;
+	}
+	struct dapb_peer_key key = {};
+	if (!peer_key(skops, &key))
+		return 0;
+	return bpf_map_lookup_elem(&dapb_bounded_peers, &key) != 0;
+}
+
+/* The request/response detector (dapb.h, DAPB_TURN_*): release a hold as soon as the peer answers between our
+ * ACKs, hold again only once the socket is a one-way stream again. Returns 1 when the guard state changed. */
+static __always_inline int observe_turns(struct bpf_sock_ops *skops, struct dapb_sock_stats *st)
+{
+	__u64 rx = skops->bytes_received;
+	__u32 score = st->turn_score - (st->turn_score >> 3);
+	if (rx > st->rx_mark)
+		score += DAPB_TURN_STEP;
+	if (score > DAPB_TURN_MAX)
+		score = DAPB_TURN_MAX;
+	st->turn_score = score;
+	st->rx_mark = rx;
+	__u32 interactive = st->applied_flags & DAPB_S_INTERACTIVE;
+	if (!interactive && score >= DAPB_TURN_RELEASE_AT) {
+		st->applied_flags |= DAPB_S_INTERACTIVE;
+		if (st->applied_flags & DAPB_F_NAGLE)
+			st->guard_releases++;
+		return 1;
+	}
+	if (interactive && score < DAPB_TURN_HOLD_BELOW) {
+		st->applied_flags &= ~DAPB_S_INTERACTIVE;
+		return 1;
+	}
+	return 0;
+}
+
 static __always_inline void on_established(struct bpf_sock_ops *skops, const struct dapb_config *cfg)
 {
 	__u64 cookie = bpf_get_socket_cookie(skops);
@@ -205,6 +294,14 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, const str
 	int nodelay = 0;
 	if (bpf_getsockopt(skops, SOL_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay)) == 0 && nodelay)
 		fresh.applied_flags |= DAPB_S_APP_NODELAY;
+	if (!peer_bounded(skops, cfg))
+		fresh.applied_flags |= DAPB_S_UNBOUNDED_PEER;
+	else if (!(cfg->flags & DAPB_CFG_UNGUARDED)) {
+		/* a new socket is presumed interactive until ACKs without replies show a one-way stream */
+		fresh.applied_flags |= DAPB_S_INTERACTIVE;
+		fresh.turn_score = DAPB_TURN_MAX;
+	}
+	fresh.rx_mark = skops->bytes_received;
 
 	__u32 cls = fresh.class_id;
 	struct dapb_class_policy *p = bpf_map_lookup_elem(&dapb_policy, &cls);
@@ -241,7 +338,11 @@ int dapb_sockops(struct bpf_sock_ops *skops)
 			break; /* evicted from the LRU: the next established socket gets a slot */
 		if (skops->op == BPF_SOCK_OPS_STATE_CB)
 			st->state = skops->args[1];
-		if (st->policy_version != cfg->version && skops->op == BPF_SOCK_OPS_RTT_CB) {
+		int guard_moved = 0;
+		if (skops->op == BPF_SOCK_OPS_RTT_CB && !(st->applied_flags & DAPB_S_UNBOUNDED_PEER) &&
+		    !(cfg->flags & DAPB_CFG_UNGUARDED))
+			guard_moved = observe_turns(skops, st);
+		if ((st->policy_version != cfg->version || guard_moved) && skops->op == BPF_SOCK_OPS_RTT_CB) {
 			__u32 cls = st->class_id;
 			apply(skops, bpf_map_lookup_elem(&dapb_policy, &cls), st);
 			mirror_state(skops, st);

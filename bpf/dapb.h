@@ -45,14 +45,33 @@ struct dapb_config {
 	__u32 small_bytes; /* tc: a data segment with less payload than this is "small" */
 	__u32 drop_per_million; /* tc loss injection on ingress (testbed only); 0 = off */
 	__u32 flags; /* DAPB_CFG_* */
-	__u32 _pad;
+	__u32 hold_uid; /* only sockets owned by this uid (the sidecar's, 1337 in Istio) may hold; DAPB_ANY_UID: any */
 };
+
+#define DAPB_ANY_UID 0xFFFFFFFFU
 
 /* dapb_config.flags */
 #define DAPB_CFG_MSG_ACCOUNTING (1U << 0) /* put sockets in the sockhash so sk_msg accounts their messages */
+#define DAPB_CFG_UNGUARDED (1U << 1) /* lab only (bench mode nagle): hold every socket of a holding class, bound or
+					* not, to show the harm the guard prevents; the agent never sets it */
 
 /* dapb_sock_stats.applied_flags, beyond the DAPB_F_* knobs */
 #define DAPB_S_APP_NODELAY (1U << 8) /* the application had TCP_NODELAY set when DAPB first saw the socket */
+/* The hold guard: a socket holds (Nagle) only where DAPB bounds every byte's wait. Nagle's wait ends with the
+ * peer's ACK, so the peer must be a sidecar whose delayed ACK DAPB bounds: the socket is the sidecar's own
+ * (hold_uid), opened by it (upstream), to a peer in dapb_bounded_peers that is not in the same pod. */
+#define DAPB_S_UNBOUNDED_PEER (1U << 9) /* never held: the peer's ACK delay is not DAPB's to bound */
+#define DAPB_S_INTERACTIVE (1U << 10) /* not held now: the peer answers between our ACKs (request/response) */
+#define DAPB_S_GUARD_BITS (DAPB_S_APP_NODELAY | DAPB_S_UNBOUNDED_PEER | DAPB_S_INTERACTIVE)
+
+/* The request/response detector: on every RTT callback, turn_score = turn_score * 7/8 + (peer sent data since
+ * the last callback ? 32 : 0), in [0, 256]. A socket starts interactive (256) and may hold once the score falls
+ * below DAPB_TURN_HOLD_BELOW (about 11 ACKs with no reply: a one-way stream); it is released at once when the
+ * score reaches DAPB_TURN_RELEASE_AT (4-6 replies in a row). */
+#define DAPB_TURN_MAX 256
+#define DAPB_TURN_STEP 32
+#define DAPB_TURN_HOLD_BELOW 64
+#define DAPB_TURN_RELEASE_AT 128
 
 /* Per-socket telemetry, LRU-keyed by socket cookie. Cumulative counters as the kernel keeps them. */
 struct dapb_sock_stats {
@@ -72,9 +91,19 @@ struct dapb_sock_stats {
 	__u32 mss;
 	__u32 local_port; /* host order */
 	__u32 remote_port; /* host order */
-	__u32 applied_flags; /* which knobs took effect (DAPB_F_*) */
+	__u32 applied_flags; /* which knobs took effect (DAPB_F_*) and the guard's state (DAPB_S_*) */
 	__u32 apply_errors; /* bpf_setsockopt failures */
+	__u32 turn_score; /* request/response detector, see DAPB_TURN_* */
+	__u32 guard_releases; /* times the guard released a holding socket because replies came */
+	__u64 rx_mark; /* bytes_received at the last RTT callback */
 };
+
+/* A prefix of peers whose delayed ACK DAPB bounds (pods of DAPB nodes): LPM trie key, IPv4 as ::ffff:a.b.c.d. */
+struct dapb_peer_key {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+#define DAPB_MAX_PEER_PREFIXES 1024
 
 /* Per-socket state in socket-local storage, where cgroup/setsockopt (which cannot read cookies) finds it. */
 struct dapb_sk_state {

@@ -343,6 +343,12 @@ class Agent:
                 dp.set_dscp_class(dscp, cls)
         for port in a.receiver_ports:
             dp.set_port_class(port, L.CLASS_RECEIVER)
+        dp.set_guard(a.hold_uid, a.bounded_peers)
+        if not a.bounded_peers:
+            log.warning(
+                "agent.bounded_peers is empty: no peer's delayed ACK is known to be bounded, so the kernel "
+                "holds no socket (the filter still may); set it to the pod CIDRs of the DAPB nodes"
+            )
 
     def stop(self) -> None:
         """Graceful stop: write a snapshot with no knobs (live sockets return to baseline on their next ACK),

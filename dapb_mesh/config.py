@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _TIME_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -190,6 +199,12 @@ class AgentConfig(_Strict):
     """Sockets in the latency class (EF by default)."""
     receiver_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [15006]
     """Ports of accepted sidecar-to-sidecar sockets: they bound their delayed ACK (the receiving half)."""
+    hold_uid: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 1337
+    """Only sockets owned by this uid may hold (Istio's sidecar runs as 1337; 4294967295: any owner). An
+    application's own sockets are never held, whatever their class (docs/kernel.md, "Which sockets DAPB holds")."""
+    bounded_peers: list[IPvAnyNetwork] = []
+    """Prefixes (CIDR) of pods whose sidecars DAPB manages, so whose delayed ACK it bounds: the pod CIDRs of the
+    nodes that run the agent. A sidecar socket holds only towards these peers; empty: the kernel holds nothing."""
     msg_accounting: bool = False
     """Attach sk_msg for per-message counts (needed for N_reduced); adds a per-message cost."""
     store: Path = Path("/var/lib/dapb/history.db")

@@ -78,6 +78,8 @@ def agent_settings(tmp_path, pair, **agent) -> Settings:
                 "default_sensitivity": "throughput",
                 "tick_hz": 20,
                 "min_write_interval_s": 0.2,
+                "hold_uid": L.ANY_UID,  # the pods' processes stand in for sidecars
+                "bounded_peers": [f"{pair.server.address}/32"],
                 **agent,
             }
         }

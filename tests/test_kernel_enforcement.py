@@ -34,7 +34,7 @@ def throughput_policy() -> tuple[L.ClassPolicy, float]:
 def use_class(dp: Datapath, cls: int) -> float:
     """Make every socket of the pods belong to ``cls``; return the bound T_eff it enforces (0 if none)."""
     policy, t_eff = throughput_policy()
-    dp.write_policy({L.CLASS_THROUGHPUT: policy}, default_class=cls)
+    dp.write_policy({L.CLASS_THROUGHPUT: policy}, default_class=cls, unguarded=False)
     return t_eff if cls == L.CLASS_THROUGHPUT else 0.0
 
 
@@ -94,7 +94,9 @@ def test_latency_class_sends_exactly_as_baseline(pair, datapath):
 
 def test_latency_class_ping_pong_p50_matches_baseline(pair, datapath):
     """Fifteen pairs of short runs (no programs, then latency class), client and server pinned to their own CPU.
-    Each pair gives a difference of p50s; their median is robust to a burst of machine noise hitting one run."""
+    Judged paired and scale-free, so that it holds on a quiet machine and a busy one alike: the median of the
+    paired differences of p50s is at most 10 % of the baseline p50, and the latency class is not slower in
+    significantly more pairs than chance gives (a sign test: at most 11 of 15, p < 0.02 for more)."""
     pinned = {"size": 64, "count": 400, "cpu": 0}
     diffs, bases = [], []
     for _ in range(15):
@@ -108,13 +110,16 @@ def test_latency_class_ping_pong_p50_matches_baseline(pair, datapath):
         diffs.append(lat - base)
         bases.append(base)
     print(f"ping-pong p50 baseline ~{statistics.median(bases):.2f} us; latency-class minus baseline: {sorted(diffs)}")
-    assert abs(statistics.median(diffs)) <= 2.0
+    assert statistics.median(diffs) <= 0.10 * statistics.median(bases)
+    assert sum(d > 0 for d in diffs) <= 11
 
 
 def test_write_write_read_never_stalls_past_the_bound(pair, datapath):
     no_dapb(datapath)
     base = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
-    datapath.write_policy({L.CLASS_THROUGHPUT: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=L.CLASS_THROUGHPUT)
+    datapath.write_policy(  # forced Nagle without the guard: the harm DAPB exists to avoid
+        {L.CLASS_THROUGHPUT: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=L.CLASS_THROUGHPUT, unguarded=True
+    )
     nagle = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
     t_eff = use_class(datapath, L.CLASS_THROUGHPUT)
     dapb = run_hop(pair, "wwr", count=30, size=64, gap_ms=2)
@@ -169,6 +174,7 @@ def test_agent_killed_mid_stream_loses_nothing_and_programs_stay(pair, tmp_path)
         from dapb_mesh.kernel import layout as L
         from dapb_mesh.kernel.datapath import Datapath
         dp = Datapath.load({instance!r})
+        dp.set_guard(L.ANY_UID, [{pair.server.address + "/32"!r}])
         for cg in {[str(p.cgroup) for p in pair.pods]!r}:
             dp.attach_cgroup(Path(cg))
         dp.write_policy({{L.CLASS_THROUGHPUT: L.ClassPolicy(flags={policy.flags}, ack_bound_us={policy.ack_bound_us})}},

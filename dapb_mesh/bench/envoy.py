@@ -181,6 +181,7 @@ def run_envoy(
         try:
             dp.set_dscp_class(dscp, cls)
             dp.set_port_class(ec.INBOUND_PORT, L.CLASS_RECEIVER)
+            dp.set_guard(ec.SIDECAR_UID, mesh.pod_networks)  # every pod's sidecar bounds its delayed ACK
             for netns, ifname in mesh.sending_interfaces:  # every hop's segments, counted where they leave
                 dp.attach_tc(ifname, netns=netns)
             netns, ifname = mesh.hop_interface
@@ -239,6 +240,8 @@ def run_envoy(
                         "min_write_interval_s": 0.0,
                         "throughput": ClassRule(dscp=[dscp]),
                         "receiver_ports": [ec.INBOUND_PORT],
+                        "hold_uid": ec.SIDECAR_UID,
+                        "bounded_peers": mesh.pod_networks,
                     }
                 )
                 return Agent(settings.model_copy(update={"agent": a}))

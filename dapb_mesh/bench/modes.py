@@ -29,6 +29,7 @@ class ModePlan:
     default_class: int
     decision: Decision | None = None
     agent: bool = False  # the node agent attaches and decides; the bench's own instance stays detached
+    unguarded: bool = False  # hold every socket of the class, bound or not (forced Nagle: the harm, for comparison)
 
     @property
     def filter_hold(self) -> tuple[int, int]:
@@ -71,7 +72,9 @@ def plan(
     if mode == "passthrough":
         return ModePlan(attach=True, policies={}, default_class=default)
     if mode == "nagle":
-        return ModePlan(attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=default)
+        return ModePlan(
+            attach=True, policies={cls: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=default, unguarded=True
+        )
     if mode in ("dapb", "dapb-ml"):
         prediction = None
         if mode == "dapb-ml" and predictor is not None:

@@ -14,6 +14,7 @@ from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import load_model, plan
 from dapb_mesh.bench.runner import impair, run_modes
 from dapb_mesh.config import Settings
+from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.policy import Conditions, Sensitivity
@@ -85,6 +86,8 @@ def run_raw(
     with PodPair(settings.kernel) as pair, libbpf.run_time_stats():
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
+            # the pods stand in for two sidecars (any owner may hold), the server's delayed ACK bounded
+            dp.set_guard(L.ANY_UID, [f"{pair.server.address}/32"])
             dp.attach_tc(pair.client.ifname, netns=pair.client.netns)
             impair(dp, impairment, (pair.client.netns, pair.client.ifname), (pair.server.netns, pair.server.ifname))
             result_modes = run_modes(

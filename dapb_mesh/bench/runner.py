@@ -78,7 +78,7 @@ def run_modes(
                 for cg in attach_to:
                     dp.detach_cgroup(cg)
             attached = p.attach
-            dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES)
+            dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES, unguarded=p.unguarded)
             progress(f"{label} [{rep + 1}/{repeats}] {mode}")
             before_run(p)
             agent = _start_agent(agent_factory) if p.agent else None

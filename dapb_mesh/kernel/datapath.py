@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import ipaddress
 import os
 import shutil
 from collections.abc import Iterable, Mapping
@@ -21,10 +22,13 @@ from dapb_mesh.config import KernelConfig
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.layout import (
     CFG_MSG_ACCOUNTING,
+    CFG_UNGUARDED,
     MAX_CLASSES,
+    MAX_PEER_PREFIXES,
     ClassPolicy,
     Config,
     MsgStats,
+    PeerKey,
     SockStats,
     TcStats,
 )
@@ -37,6 +41,7 @@ MAPS = (
     "dapb_policy",
     "dapb_dscp_class",
     "dapb_port_class",
+    "dapb_bounded_peers",
     "dapb_sock_stats",
     "dapb_sk_state",
     "dapb_sockhash",
@@ -46,6 +51,26 @@ MAPS = (
 CGROUP_PROGRAMS = {"dapb_sockops": "sockops", "dapb_setsockopt": "setsockopt"}
 TC_PROGRAMS = {"egress": "dapb_tc_egress", "ingress": "dapb_tc_ingress"}
 _TC_PARENT = {"egress": "ffff:fff3", "ingress": "ffff:fff2"}
+
+
+PeerNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_V4_MAPPED = 96  # IPv4 prefixes live in the trie as ::ffff:a.b.c.d/(96 + len)
+
+
+def peer_key(net: PeerNetwork | str) -> PeerKey:
+    """The LPM trie key of a prefix (bpf/dapb.h struct dapb_peer_key): IPv4 mapped into IPv6."""
+    net = ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net
+    if net.version == 4:
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + net.network_address.packed)
+        return PeerKey(prefixlen=_V4_MAPPED + net.prefixlen, addr=(ctypes.c_uint8 * 16)(*mapped.packed))
+    return PeerKey(prefixlen=net.prefixlen, addr=(ctypes.c_uint8 * 16)(*net.network_address.packed))
+
+
+def network_of(key: PeerKey) -> PeerNetwork:
+    addr = ipaddress.IPv6Address(bytes(key.addr))
+    if addr.ipv4_mapped is not None and key.prefixlen >= _V4_MAPPED:
+        return ipaddress.IPv4Network((addr.ipv4_mapped, key.prefixlen - _V4_MAPPED))
+    return ipaddress.IPv6Network((addr, key.prefixlen))
 
 
 class DatapathError(RuntimeError):
@@ -288,6 +313,7 @@ class Datapath:
         default_class: int | None = None,
         small_bytes: int | None = None,
         drop_per_million: int | None = None,
+        unguarded: bool | None = None,
     ) -> int:
         """Write a new versioned snapshot: every class slot (missing classes get no knobs), then the version.
 
@@ -307,9 +333,34 @@ class Datapath:
             if not 0 <= drop_per_million <= 1_000_000:
                 raise DatapathError(f"drop_per_million {drop_per_million} out of range 0..1000000")
             cfg.drop_per_million = drop_per_million
+        if unguarded is not None:  # lab only: the bench's forced-Nagle mode shows the harm the guard prevents
+            cfg.flags = (cfg.flags | CFG_UNGUARDED) if unguarded else (cfg.flags & ~CFG_UNGUARDED)
         cfg.version = cfg.version % 0xFFFFFFFF + 1  # never 0: 0 means "no policy, touch nothing"
         self._write_config(cfg)
         return cfg.version
+
+    def set_guard(self, hold_uid: int, bounded_peers: Iterable[PeerNetwork]) -> None:
+        """Where a socket may hold: only sockets owned by ``hold_uid`` (the sidecar's; ANY_UID: any owner), opened
+        by them, to a peer in ``bounded_peers`` (prefixes of pods whose delayed ACK DAPB bounds) outside their own
+        pod. Applies to sockets established from now on; the set is replaced as a whole."""
+        if not 0 <= hold_uid <= 0xFFFFFFFF:
+            raise DatapathError(f"hold_uid {hold_uid} out of range 0..{0xFFFFFFFF}")
+        keys = [peer_key(net) for net in bounded_peers]
+        if len(keys) > MAX_PEER_PREFIXES:
+            raise DatapathError(f"{len(keys)} bounded-peer prefixes; the kernel map holds {MAX_PEER_PREFIXES}")
+        fd = self._maps["dapb_bounded_peers"]
+        wanted = {(k.prefixlen, bytes(k.addr)) for k in keys}
+        for old in libbpf.map_keys(fd, PeerKey, limit=MAX_PEER_PREFIXES * 2):
+            if (old.prefixlen, bytes(old.addr)) not in wanted:
+                libbpf.map_delete(fd, old)
+        for key in keys:
+            libbpf.map_update(fd, key, ctypes.c_uint32(1))
+        cfg = self.read_config()
+        cfg.hold_uid = hold_uid
+        self._write_config(cfg)
+
+    def bounded_peers(self) -> list[PeerNetwork]:
+        return [network_of(k) for k in libbpf.map_keys(self._maps["dapb_bounded_peers"], PeerKey)]
 
     def read_policy(self) -> dict[int, ClassPolicy]:
         out = {}

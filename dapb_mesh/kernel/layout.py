@@ -24,13 +24,22 @@ F_ACK_RTO_MIN = 1 << 2
 F_NOTSENT_LOWAT = 1 << 3
 F_SET_TOS = 1 << 4
 S_APP_NODELAY = 1 << 8
+S_UNBOUNDED_PEER = 1 << 9
+S_INTERACTIVE = 1 << 10
 CFG_MSG_ACCOUNTING = 1 << 0
+CFG_UNGUARDED = 1 << 1
+ANY_UID = 0xFFFFFFFF
+TURN_MAX = 256
+TURN_STEP = 32
+TURN_HOLD_BELOW = 64
+TURN_RELEASE_AT = 128
 
 HIST_SLOTS = 16
 SIZE_BINS = 8  # segment payload sizes, log2 bins from SIZE_BIN0_LIMIT
 SIZE_BIN0_LIMIT = 64
 MAX_SOCKETS = 65536
 MAX_PORT_RULES = 1024
+MAX_PEER_PREFIXES = 1024
 
 CLASS_OF = {
     Sensitivity.AUTO: CLASS_DEFAULT,
@@ -57,7 +66,7 @@ class Config(ctypes.Structure):
         ("small_bytes", u32),
         ("drop_per_million", u32),
         ("flags", u32),
-        ("_pad", u32),
+        ("hold_uid", u32),
     ]
 
 
@@ -81,7 +90,14 @@ class SockStats(ctypes.Structure):
         ("remote_port", u32),
         ("applied_flags", u32),
         ("apply_errors", u32),
+        ("turn_score", u32),
+        ("guard_releases", u32),
+        ("rx_mark", u64),
     ]
+
+
+class PeerKey(ctypes.Structure):
+    _fields_ = [("prefixlen", u32), ("addr", ctypes.c_uint8 * 16)]
 
 
 class SkState(ctypes.Structure):
@@ -117,6 +133,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "dapb_config": Config,
     "dapb_sock_stats": SockStats,
     "dapb_sk_state": SkState,
+    "dapb_peer_key": PeerKey,
     "dapb_msg_stats": MsgStats,
     "dapb_tc_stats": TcStats,
 }
@@ -137,7 +154,16 @@ CONSTANTS = {
     "DAPB_F_NOTSENT_LOWAT": F_NOTSENT_LOWAT,
     "DAPB_F_SET_TOS": F_SET_TOS,
     "DAPB_S_APP_NODELAY": S_APP_NODELAY,
+    "DAPB_S_UNBOUNDED_PEER": S_UNBOUNDED_PEER,
+    "DAPB_S_INTERACTIVE": S_INTERACTIVE,
     "DAPB_CFG_MSG_ACCOUNTING": CFG_MSG_ACCOUNTING,
+    "DAPB_CFG_UNGUARDED": CFG_UNGUARDED,
+    "DAPB_ANY_UID": ANY_UID,
+    "DAPB_TURN_MAX": TURN_MAX,
+    "DAPB_TURN_STEP": TURN_STEP,
+    "DAPB_TURN_HOLD_BELOW": TURN_HOLD_BELOW,
+    "DAPB_TURN_RELEASE_AT": TURN_RELEASE_AT,
+    "DAPB_MAX_PEER_PREFIXES": MAX_PEER_PREFIXES,
     "DAPB_HIST_SLOTS": HIST_SLOTS,
     "DAPB_MAX_SOCKETS": MAX_SOCKETS,
     "DAPB_MAX_PORT_RULES": MAX_PORT_RULES,

@@ -190,8 +190,12 @@ def map_keys(fd: int, key_type: type, limit: int = 1 << 20) -> list:
         if rc == -errno.ENOENT or (rc == -1 and ctypes.get_errno() == errno.ENOENT):
             break
         check(rc, "iterating a map")
-        keys.append(next_key.value)
-        key = key_type(next_key.value)
+        if issubclass(key_type, ctypes.Structure):
+            key = key_type.from_buffer_copy(next_key)
+            keys.append(key)
+        else:
+            keys.append(next_key.value)
+            key = key_type(next_key.value)
     return keys
 
 

@@ -260,6 +260,11 @@ class Mesh:
         return [self.hop_interface]
 
     @property
+    def pod_networks(self) -> list[str]:
+        """Each pod's address as a /32: the peers whose sidecars a DAPB instance on this mesh bounds."""
+        return [f"{p.address}/32" for p in self.pods]
+
+    @property
     def hops(self) -> int:
         """Sidecar-to-sidecar passes a streamed message makes: each may hold it for up to the bound."""
         return self.n_pods - 1 if self.kind == "chain" else 1
