@@ -138,15 +138,19 @@ def test_chain_and_fan_out_deliver_every_message_and_dapb_coalesces_every_hop(tm
     """chain:3: the stream passes a relay pod (two network hops, four sidecar passes), segments counted on every
     sending pod; fan-out:3: the client streams to two server pods at once."""
     result = bench_json(
-        tmp_path / "out.json", "--scenario", "stream-small", "--modes", "baseline,dapb", "--arch", arch, "--quick"
+        tmp_path / "out.json", "--scenario", "stream-small", "--modes", "baseline,nagle,dapb", "--arch", arch, "--quick"
     )
     assert result["workload"]["streams"] == streams and result["workload"]["hops"] == hops
-    base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
-    for m in (base, dapb):
+    base, nagle, dapb = (result["modes"][m] for m in ("baseline", "nagle", "dapb"))
+    for m in (base, nagle, dapb):
         assert m["lost_bytes"] == 0 and m["messages"] == result["workload"]["messages"]
         assert m["data_segments"] >= hops * m["ideal_segments"]  # every hop's segments are counted
         assert sum(m["segment_size_hist"]) == m["data_segments"]  # tc bins every data segment by payload size
-    assert dapb["data_segments"] < 0.25 * base["data_segments"]
+    # Judged by what DAPB controls, not by the baseline (which coalesces by itself on a CPU-starved node): DAPB
+    # coalesces every hop about as well as unbounded Nagle in the same run, and within a few times the ideal
+    # (payload / MSS per hop; Minshall's small tail alone makes it about 2x).
+    assert dapb["data_segments"] <= 1.25 * nagle["data_segments"] + 50
+    assert dapb["data_segments"] <= 4 * hops * dapb["ideal_segments"]
     tick = Settings().kernel.tick_ms
     # each hop may hold a message for its bound (the kernel's T_eff plus a tick)
     assert dapb["latency_max_ms"] <= base["latency_max_ms"] + hops * (dapb["enforced_bound_ms"] + tick)
