@@ -209,9 +209,9 @@ def bench(
             "-s",
             help="stream-small, req-resp, mixed (through sidecars: every arch but raw; stream-small also raw); "
             "stream-auto, burst, write-write-read, pingpong (raw); agent-tick (the control loop); predictor "
-            "(inference cost).",
+            "(inference cost). Not with --client.",
         ),
-    ],
+    ] = "",
     modes: Annotated[
         str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb, dapb-ml, agent.")
     ] = "baseline,nagle,dapb",
@@ -243,6 +243,19 @@ def bench(
     report: Annotated[
         Path | None, typer.Option("--report", help="Write report.md and plots to this directory.")
     ] = None,
+    client: Annotated[
+        str,
+        typer.Option(
+            "--client",
+            help="Request/response with real clients instead of a scenario, comma-separated: wrk:cN (closed loop), "
+            "h2load:h1|h2:cN[:rRATE] (RATE: total requests/s; none: closed loop). Modes: baseline, agent-auto, "
+            "agent-throughput (the agent on whole pods with that default class), nagle (forced, unguarded). "
+            "--msg-size is the response size (default 1024 here).",
+        ),
+    ] = "",
+    load_cores: Annotated[
+        int, typer.Option("--load-cores", help="With --client: keep this many cores busy (a loaded node).", min=0)
+    ] = 0,
     config: ConfigOption = None,
 ) -> None:
     """Compare modes side by side in one run on this machine: segments, delays, CPU, the paper's six metrics.
@@ -257,6 +270,11 @@ def bench(
     from dapb_mesh.testbed.mesh import parse_arch
 
     settings = _settings(config)
+    if bool(client) == bool(scenario):
+        raise typer.BadParameter("give either --scenario or --client", param_hint="--scenario/--client")
+    if client:
+        _bench_clients(client, modes, settings, msg_size, repeat, quick, plaintext, load_cores, json_path, report)
+        return
     if scenario == "agent-tick":  # the control loop's own cost; modes and arch do not apply
         from dapb_mesh.bench.agent_tick import run_agent_tick
 
@@ -346,6 +364,71 @@ def _write_json(path: Path | None, result: dict) -> None:
 
 def _fmt(fmt: str, value: float | None) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _bench_clients(
+    spec: str,
+    modes: str,
+    settings,
+    msg_size: int,
+    repeat: int | None,
+    quick: bool,
+    plaintext: bool,
+    load_cores: int,
+    json_path: Path | None,
+    report: Path | None,
+) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dapb_mesh.bench.clients import CLIENT_MODES, client_report, parse_client, run_clients
+
+    try:
+        loads = [parse_client(s) for s in spec.split(",") if s.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--client") from None
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if mode_list == ["baseline", "nagle", "dapb"]:  # the scenario default: take the clients' one
+        mode_list = ["baseline", "agent-auto", "agent-throughput"]
+    unknown = [m for m in mode_list if m not in CLIENT_MODES]
+    if unknown or not mode_list:
+        raise typer.BadParameter(
+            f"{', '.join(unknown) or '(none)'} with --client; choose from {', '.join(CLIENT_MODES)}",
+            param_hint="--modes",
+        )
+    size = 1024 if msg_size == 64 else msg_size  # --msg-size's default is the stream's; requests answer 1 KiB
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
+        task = bar.add_task("starting", total=None)
+        result = run_clients(
+            loads,
+            mode_list,
+            settings,
+            duration_s=2 if quick else 3,
+            repeats=repeat or (1 if quick else 3),
+            size=size,
+            load_cores=load_cores,
+            plaintext=plaintext,
+            progress=lambda msg: bar.update(task, description=msg),
+        )
+    for label, per_mode in result["clients"].items():
+        table = Table(title=f"{label}, {size} B responses, {load_cores} busy core(s)")
+        for title in ("mode", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "seg/req", "errors", "no harm"):
+            table.add_column(title, justify="left" if title == "mode" else "right")
+        for mode, m in per_mode.items():
+            verdict = m.get("verdict")
+            table.add_row(
+                mode,
+                *(f"{m[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
+                f"{m['req_per_s']:.0f}",
+                f"{m['segments_per_request']:.2f}",
+                str(m["errors"]),
+                "-" if verdict is None else ("yes" if verdict["ok"] else "NO"),
+            )
+        console.print(table)
+    _write_json(json_path, result)
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.md").write_text(client_report(result))
+        console.print(f"wrote {report / 'report.md'}")
 
 
 def _print_bench(result: dict, label: str = "") -> None:

@@ -4,6 +4,7 @@ segments, CPU and program run time read around each run."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dapb_mesh.agent import Agent
@@ -22,6 +23,28 @@ def cpu_usec(cgroup: Path) -> int:
         if line.startswith("usage_usec"):
             return int(line.split()[1])
     return 0
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """The node's CPU counters (/proc/stat, all CPUs, in ticks): what could distort a run."""
+
+    busy: int
+    steal: int
+    total: int
+
+    def since(self, before: CpuSample) -> dict[str, float]:
+        """Busy and steal shares of the node's CPU time between two samples (0..1)."""
+        total = max(self.total - before.total, 1)
+        return {"node_cpu_busy": (self.busy - before.busy) / total, "cpu_steal": (self.steal - before.steal) / total}
+
+
+def node_cpu_sample() -> CpuSample:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user
+    idle = fields[3] + fields[4]
+    total = sum(fields[:8])
+    return CpuSample(busy=total - idle - fields[7], steal=fields[7], total=total)
 
 
 def egress_segments(dp: Datapath, dscps: range | tuple[int, ...] = range(64)) -> tuple[int, int, list[int]]:
@@ -84,6 +107,7 @@ def run_modes(
             agent = _start_agent(agent_factory) if p.agent else None
             timed = agent.datapath if agent is not None else dp
             cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(timed)
+            node0 = node_cpu_sample()
             proxy0 = sum(cpu_usec(c) for c in proxy_cgroups or [])
             try:
                 raw = run_once()
@@ -100,7 +124,7 @@ def run_modes(
             raw.segment_size_hist = [b - a for a, b in zip(seg0[2], seg1[2], strict=True)]
             if raw.data_segments < 0:  # the workload could not count: take the kernel's tc count
                 raw.data_segments = seg1[0] - seg0[0]
-            runs[mode].append(summarize(raw))
+            runs[mode].append(summarize(raw) | node_cpu_sample().since(node0))
     result = {m: median_of(rs) for m, rs in runs.items()}
     relate(result)
     for mode, metrics in result.items():

@@ -133,6 +133,15 @@ def _chunks(rfile) -> Iterator[bytes]:
             return
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A peer that went away mid-response (a load client stopping at its deadline) is not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def serve(
     port: int,
     results_dir: Path | None = None,
@@ -150,8 +159,7 @@ def serve(
             host, _, authority = forward_to
             grpc_forward = (host, grpc_port, f"{authority.rpartition(':')[0]}:{grpc_port}")
         grpc_server = grpc_apps.serve(grpc_port, grpc_forward)  # kept: a collected grpc.Server stops serving
-    server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)
-    server.daemon_threads = True
+    server = _QuietServer(("0.0.0.0", port), _Handler)
     print("ready", flush=True)
     try:
         server.serve_forever()

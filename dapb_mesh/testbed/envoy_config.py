@@ -81,6 +81,7 @@ class SidecarSpec:
     tls: Tls | None = None
     upstream_socket_options: dict[str, list[dict]] = field(default_factory=dict)  # cluster suffix -> options
     requests_per_connection: int = 0  # 0: unlimited (Envoy's default); 1: every request on a new connection
+    upstream_idle_timeout_s: float = 0  # close idle sidecar-to-sidecar connections after this; 0: Envoy's 1 h
     wasm_filter: Path | None = None  # the DAPB filter on the outbound listener
     wasm_config: str = ""  # its plugin configuration (JSON)
     buffer_limit_bytes: int = 0  # the outbound listener's per-connection buffer limit; 0: Envoy's 1 MiB
@@ -230,9 +231,14 @@ def _outbound_cluster(spec: SidecarSpec, service: Service, suffix: str = "") -> 
             }
         },
     }
+    common: dict = {}
     if spec.requests_per_connection:
+        common["max_requests_per_connection"] = spec.requests_per_connection
+    if spec.upstream_idle_timeout_s:
+        common["idle_timeout"] = f"{spec.upstream_idle_timeout_s:g}s"
+    if common:
         options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-        options["common_http_protocol_options"] = {"max_requests_per_connection": spec.requests_per_connection}
+        options["common_http_protocol_options"] = common
     options = spec.upstream_socket_options.get(suffix)
     if options:
         cluster["upstream_bind_config"] = {

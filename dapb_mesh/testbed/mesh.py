@@ -197,6 +197,7 @@ class Mesh:
         upstream_socket_options: dict[str, list[dict]] | None = None,
         concurrency: int = 1,
         requests_per_connection: int = 0,
+        upstream_idle_timeout_s: float = 0,
         pin_cpus: bool = False,
         wasm_filter: Path | None = None,
         wasm_config: str = "",
@@ -213,6 +214,7 @@ class Mesh:
         self.upstream_socket_options = upstream_socket_options or {}
         self.concurrency = concurrency
         self.requests_per_connection = requests_per_connection
+        self.upstream_idle_timeout_s = upstream_idle_timeout_s
         self.pin_cpus = pin_cpus
         self.wasm_filter = wasm_filter
         self.wasm_config = wasm_config
@@ -344,6 +346,7 @@ class Mesh:
                 tls=tls,
                 upstream_socket_options=self.upstream_socket_options,
                 requests_per_connection=self.requests_per_connection,
+                upstream_idle_timeout_s=self.upstream_idle_timeout_s,
                 wasm_filter=wasm,
                 wasm_config=self.wasm_config,
                 buffer_limit_bytes=self.buffer_limit_bytes,

@@ -97,7 +97,7 @@ def _percentiles(values: list[float]) -> dict:
 
 
 # -- server ---------------------------------------------------------------------------------------------------
-def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: float) -> dict:
+def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: float, prelude: int = 0) -> dict:
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     lsock.bind(("0.0.0.0", port))
@@ -115,6 +115,7 @@ def serve(port: int, mode: str, size: int, ready_fd: int | None, timeout_s: floa
         result |= _receive_messages(conn, size)
     elif mode == "wwr":
         exchanges = 0
+        result["prelude_bytes"] = len(_recv_exact(conn, prelude * size))  # a one-way stream first, unanswered
         while True:
             request = _recv_exact(conn, size)
             if len(request) < size:
@@ -231,6 +232,9 @@ def run_client(args: argparse.Namespace) -> dict:
     elif args.mode == "wwr":
         stalls: list[float] = []
         half = args.size // 2
+        for seq in range(args.prelude):  # a one-way stream at about 10k msg/s before the exchanges
+            sock.sendall(_message(seq, args.size))
+            time.sleep(0.0001)
         for seq in range(args.count):
             msg = _message(seq, args.size)
             t = time.monotonic_ns()
@@ -281,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partial", type=int, default=0, help="bytes of one more, incomplete message at the end")
     parser.add_argument("--end", choices=["normal", "close", "shutdown"], default="normal")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between write-write-read exchanges")
+    parser.add_argument("--prelude", type=int, default=0, help="wwr: stream this many messages first, unanswered")
     parser.add_argument(
         "--nodelay",
         choices=["before", "after", "never"],
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     if args.role == "server":
-        result = serve(args.port, args.mode, args.size, args.ready_fd, args.timeout)
+        result = serve(args.port, args.mode, args.size, args.ready_fd, args.timeout, args.prelude)
     else:
         result = run_client(args)
     json.dump(result, sys.stdout)
