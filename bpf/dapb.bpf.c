@@ -311,9 +311,13 @@ static __always_inline void on_established(struct bpf_sock_ops *skops, const str
 	record(skops, &fresh);
 	bpf_map_update_elem(&dapb_sock_stats, &cookie, &fresh, BPF_ANY);
 
-	/* Latency-class sockets get no per-ACK callbacks: they send exactly as without DAPB, at no per-packet cost. */
+	/* Per-ACK callbacks only where a hold may follow (and on receivers, whose ACK bound follows new policy
+	 * versions): latency-class sockets and sockets the guard never lets hold send exactly as without DAPB, at
+	 * no per-packet cost; the latter keep state callbacks so that the agent sees them close. */
+	int may_hold = !(fresh.applied_flags & DAPB_S_UNBOUNDED_PEER) || cls == DAPB_CLASS_RECEIVER;
 	if (cls != DAPB_CLASS_LATENCY)
-		bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG);
+		bpf_sock_ops_cb_flags_set(skops, may_hold ? BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG
+							  : BPF_SOCK_OPS_STATE_CB_FLAG);
 	if (cfg->flags & DAPB_CFG_MSG_ACCOUNTING)
 		bpf_sock_hash_update(skops, &dapb_sockhash, &cookie, BPF_NOEXIST);
 }

@@ -270,6 +270,7 @@ def bench(
     from dapb_mesh.testbed.mesh import parse_arch
 
     settings = _settings(config)
+    _interrupt_on_sigterm()
     if bool(client) == bool(scenario):
         raise typer.BadParameter("give either --scenario or --client", param_hint="--scenario/--client")
     if client:
@@ -364,6 +365,26 @@ def _write_json(path: Path | None, result: dict) -> None:
 
 def _fmt(fmt: str, value: float | None) -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so every `with`/`finally` removes what it made: pods,
+    Envoys, BPF instances, cgroups. Only in this process: pyroute2 forks helpers and stops them with SIGTERM,
+    and they must simply die, not unwind the mesh."""
+    import os
+    import signal
+
+    runner = os.getpid()
+
+    def stop(signum, _frame):
+        if os.getpid() != runner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def _bench_clients(
@@ -680,8 +701,6 @@ def testbed_up(
 
     Prints the pods and the commands to send traffic through the sidecars (curl, wrk, h2load).
     """
-    import os
-    import signal
     import time
 
     from dapb_mesh import owners
@@ -693,17 +712,7 @@ def testbed_up(
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--arch") from None
 
-    runner = os.getpid()
-
-    def stop(signum, _frame):
-        # pyroute2 forks helper processes and stops them with SIGTERM: they must simply die, not unwind the mesh.
-        if os.getpid() != runner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    _interrupt_on_sigterm()
     mesh = Mesh(arch, plaintext=plaintext, kernel=settings.kernel)
     owner = f"testbed-{mesh.run_id}"  # what `testbed down` may stop
     owners.register(owner)

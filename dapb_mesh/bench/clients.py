@@ -6,14 +6,16 @@ Modes: ``baseline`` (nothing attached), ``agent-auto`` and ``agent-throughput`` 
 class: every socket no rule names falls into it), and ``nagle`` (forced Nagle on every socket of the pods, no
 guard, no bound: the harm the hold guard prevents, for comparison). Each client load runs every mode in turn,
 the order rotating per repeat; medians of the repeats are reported, with the verdict "p90 and p99 within 10 % +
-1 ms of baseline, req/s within 5 %".
+1 ms of baseline, req/s within 5 %, errors no more than baseline's + 0.5 %".
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -150,7 +152,7 @@ def client_argv(load: ClientLoad, url: str, duration_s: int, size: int, log: Pat
 
 @contextlib.contextmanager
 def cpu_hog(cores: int, seconds: float) -> Iterator[None]:
-    """Keep ``cores`` CPUs busy (bounded in time, killed on exit) to show a loaded node."""
+    """Keep ``cores`` CPUs busy (bounded in time, killed with their process group on exit) to show a loaded node."""
     procs = [
         subprocess.Popen(["timeout", str(int(seconds) + 1), "sh", "-c", "while :; do :; done"], start_new_session=True)
         for _ in range(cores)
@@ -160,17 +162,31 @@ def cpu_hog(cores: int, seconds: float) -> Iterator[None]:
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)  # the group: `timeout` does not pass SIGKILL on to its child
             p.wait()
 
 
-def within(mode: dict, base: dict) -> dict:
-    """The do-no-harm verdict of one mode against baseline in the same run."""
+def within(runs: list[dict], bases: list[dict]) -> dict:
+    """The do-no-harm verdict of one mode against baseline in the same run, paired repeat by repeat (a mode's
+    run and the baseline run next to it share the machine's mood: CPU steal, other load) and judged by the
+    median over the pairs, so that one noisy pair decides nothing.
+
+    Each check's value is the median excess over what is allowed: <= 0 passes. Latency: mode - (base x 1.1 +
+    1 ms), in ms; req/s: 0.95 - mode / base; errors: mode - (base + 0.5 % of requests).
+    """
     frac, ms = LATENCY_SLACK
-    checks = {q: mode[q] <= base[q] * (1 + frac) + ms for q in ("p90_ms", "p99_ms")}
-    checks["req_per_s"] = mode["req_per_s"] >= (1 - RATE_SLACK) * base["req_per_s"]
-    checks["errors"] = mode["errors"] == 0
-    return {"ok": all(checks.values()), **checks}
+    excess = {
+        f"{q}_excess": statistics.median(m[q] - (b[q] * (1 + frac) + ms) for m, b in zip(runs, bases, strict=True))
+        for q in ("p90_ms", "p99_ms")
+    }
+    excess["req_per_s_excess"] = statistics.median(
+        (1 - RATE_SLACK) - m["req_per_s"] / max(b["req_per_s"], 1e-9) for m, b in zip(runs, bases, strict=True)
+    )
+    # h2load counts streams cut at its deadline as failed, in baseline too
+    excess["errors_excess"] = statistics.median(
+        m["errors"] - (b["errors"] + 0.005 * max(m["requests"], 1)) for m, b in zip(runs, bases, strict=True)
+    )
+    return {"ok": all(v <= 0 for v in excess.values()), **excess}
 
 
 def run_clients(
@@ -229,7 +245,7 @@ def run_clients(
         if "baseline" in med:
             for m, r in med.items():
                 if m != "baseline":
-                    r["verdict"] = within(r, med["baseline"])
+                    r["verdict"] = within(per_mode[m], per_mode["baseline"])
         results[label] = med
     return {
         "scenario": "clients",
@@ -301,7 +317,7 @@ def _one(
     log = tmp / f"h2load-{uuid.uuid4().hex[:6]}.log"
     log.touch()
     log.chmod(0o666)
-    seg0, cpu0 = _segments(dp), node_cpu_sample()
+    seg0, cpu0, own0 = _segments(dp), node_cpu_sample(), time.process_time()
     try:
         proc = mesh.client_pod.popen(
             client_argv(load, url, duration_s, size, log),
@@ -325,6 +341,8 @@ def _one(
             for pod in mesh.pods:
                 dp.detach_cgroup(pod.cgroup)
     result["segments_per_request"] = (_segments(dp) - seg0) / max(result["requests"], 1)
+    # this process only waits for the client: its CPU is the agent's (0 without one), as a share of one core
+    result["agent_core_share"] = (time.process_time() - own0) / duration_s
     result.update(node_cpu_sample().since(cpu0))
     time.sleep(IDLE_S + 0.5)  # the sidecars close this run's upstream connections before the next mode
     return result
@@ -340,7 +358,7 @@ def client_report(result: dict) -> str:
         f"Inter-pod through two Envoy sidecars (mTLS: {w['mtls']}), keep-alive connections, {w['response_bytes']} B "
         f"responses, {w['duration_s']} s per run, {w['repeats']} interleaved repeat(s), {w['load_cores']} core(s) "
         f"kept busy. Medians of the repeats. No harm: p90 and p99 within {frac:.0%} + {ms:g} ms of baseline, "
-        f"req/s within {RATE_SLACK:.0%}, no errors.",
+        f"req/s within {RATE_SLACK:.0%}, errors no more than baseline's + 0.5 %.",
     ]
     for label, per_mode in result["clients"].items():
         lines += [
