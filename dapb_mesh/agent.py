@@ -56,6 +56,8 @@ class SocketSample:
     bytes_acked: float
     state: int
     updated_ns: int
+    applied_flags: int = 0
+    guard_releases: float = 0.0
 
 
 TELEMETRY_FIELDS = (
@@ -67,6 +69,8 @@ TELEMETRY_FIELDS = (
     "bytes_acked",
     "state",
     "updated_ns",
+    "applied_flags",
+    "guard_releases",
 )
 
 
@@ -84,6 +88,8 @@ def columns_from_kernel(stats) -> dict[str, np.ndarray]:
         "bytes_acked": arr["bytes_acked"].astype(np.float64),
         "state": arr["state"].astype(np.int64),
         "updated_ns": arr["last_update_ns"].astype(np.uint64),
+        "applied_flags": arr["applied_flags"].astype(np.int64),
+        "guard_releases": arr["guard_releases"].astype(np.float64),
     }
 
 
@@ -94,7 +100,7 @@ def columns_from_samples(samples: list[SocketSample]) -> dict[str, np.ndarray]:
             dtype=np.uint64
             if name in ("cookie", "updated_ns")
             else np.int64
-            if name in ("class_id", "state")
+            if name in ("class_id", "state", "applied_flags")
             else np.float64,
         )
         for name in TELEMETRY_FIELDS
@@ -114,6 +120,11 @@ class ClassState:
     retrans: int = 0
     sockets: int = 0
     active: int = 0  # sockets that sent in the last tick
+    held: int = 0  # sockets holding now (Nagle applied)
+    interactive: int = 0  # sockets that may hold but carry request/response now: the guard keeps them sending
+    unbounded: int = 0  # sockets the guard never lets hold (a local app, an unmanaged peer, not the sidecar's)
+    guard_releases: int = 0  # holds the guard released in the last tick because replies came
+    guard_releases_total: int = 0
 
 
 @dataclass
@@ -134,7 +145,10 @@ class Aggregator:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.prev_cookie = np.zeros(0, dtype=np.uint64)  # sorted
-        self.prev = {name: np.zeros(0) for name in ("data_segs_out", "total_retrans", "bytes_acked", "updated_ns")}
+        self.prev = {
+            name: np.zeros(0)
+            for name in ("data_segs_out", "total_retrans", "bytes_acked", "updated_ns", "guard_releases")
+        }
         self.classes: dict[int, ClassState] = {c: ClassState() for c in CLASS_NAMES}
         self.rejected: dict[str, int] = {"absurd_rtt": 0, "counter_backwards": 0, "not_finite": 0, "bad_class": 0}
 
@@ -147,6 +161,7 @@ class Aggregator:
         n_classes = max(CLASS_NAMES) + 1
         for st in self.classes.values():
             st.segments = st.bytes = st.retrans = st.sockets = st.active = 0
+            st.held = st.interactive = st.unbounded = st.guard_releases = 0
         cls = cols["class_id"]
         known = (cls >= 0) & (cls < n_classes) & np.isin(cls, list(CLASS_NAMES))
         self.rejected["bad_class"] += int((~known).sum())
@@ -165,7 +180,10 @@ class Aggregator:
         else:
             seen = np.zeros(len(cookie), dtype=bool)
             prev = {k: np.zeros(len(cookie)) for k in self.prev}
-        deltas = {k: np.where(seen, cur[k] - prev[k], 0.0) for k in ("data_segs_out", "total_retrans", "bytes_acked")}
+        deltas = {
+            k: np.where(seen, cur[k] - prev[k], cur[k] if k == "guard_releases" else 0.0)
+            for k in ("data_segs_out", "total_retrans", "bytes_acked", "guard_releases")
+        }
         backwards = (np.stack(list(deltas.values())) < 0).any(axis=0)
         self.rejected["counter_backwards"] += int(backwards.sum())
         good = ~backwards
@@ -176,6 +194,10 @@ class Aggregator:
 
         sums = {k: np.bincount(cls[good], weights=v[good], minlength=n_classes) for k, v in deltas.items()}
         count = np.bincount(cls, minlength=n_classes)
+        flags = cols["applied_flags"][ok]
+        held = np.bincount(cls[(flags & L.F_NAGLE) != 0], minlength=n_classes)
+        interactive = np.bincount(cls[(flags & L.S_INTERACTIVE) != 0], minlength=n_classes)
+        unbounded = np.bincount(cls[(flags & L.S_UNBOUNDED_PEER) != 0], minlength=n_classes)
         active = np.bincount(cls[good & (deltas["bytes_acked"] > 0)], minlength=n_classes)
         rtt_sum = np.bincount(cls[rtt_ok], weights=srtt[rtt_ok], minlength=n_classes)
         rtt_n = np.bincount(cls[rtt_ok], minlength=n_classes)
@@ -186,6 +208,9 @@ class Aggregator:
             st.segments = int(sums["data_segs_out"][c])
             st.retrans = int(sums["total_retrans"][c])
             st.bytes = int(sums["bytes_acked"][c])
+            st.held, st.interactive, st.unbounded = int(held[c]), int(interactive[c]), int(unbounded[c])
+            st.guard_releases = int(sums["guard_releases"][c])
+            st.guard_releases_total += st.guard_releases
             st.sent_total += st.segments
             st.retrans_total += st.retrans
             mean_rtt = rtt_sum[c] / rtt_n[c] if rtt_n[c] else None

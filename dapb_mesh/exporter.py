@@ -53,6 +53,17 @@ class AgentCollector:
         segments = CounterMetricFamily("dapb_segments", "data segments sent by the class's sockets", labels=["class"])
         sent = CounterMetricFamily("dapb_payload_bytes", "payload bytes acknowledged", labels=["class"])
         sockets = GaugeMetricFamily("dapb_sockets", "sockets seen in the last tick", labels=["class"])
+        guard = GaugeMetricFamily(
+            "dapb_guard_sockets",
+            "sockets by what the hold guard allows: held (holding now), interactive (may hold, but replies come: "
+            "sending at once), unbounded (never held: the peer's ACK delay is not DAPB's to bound)",
+            labels=["class", "state"],
+        )
+        releases = CounterMetricFamily(
+            "dapb_guard_releases",
+            "holds the kernel released because request/response traffic appeared",
+            labels=["class"],
+        )
         interval = 1.0 / a.settings.agent.tick_hz
         for cls, st in classes.items():
             name = CLASS_NAMES[cls]
@@ -69,6 +80,9 @@ class AgentCollector:
             segments.add_metric([name], st.sent_total)
             sent.add_metric([name], st.bytes)
             sockets.add_metric([name], st.sockets)
+            for state, n in (("held", st.held), ("interactive", st.interactive), ("unbounded", st.unbounded)):
+                guard.add_metric([name, state], n)
+            releases.add_metric([name], st.guard_releases_total)
             if st.segments:
                 six["eff"].add_metric([name], st.bytes / (st.segments * 1448))
             byte_rate = st.bytes / interval if interval > 0 else 0
@@ -88,6 +102,8 @@ class AgentCollector:
         yield segments
         yield sent
         yield sockets
+        yield guard
+        yield releases
         decisions = CounterMetricFamily(
             "dapb_decisions", "decisions made, by class and rule", labels=["class", "source"]
         )

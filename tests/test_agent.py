@@ -36,6 +36,24 @@ def test_aggregator_sums_deltas_per_class_and_forgets_closed_sockets():
     assert closed == [2] and agg.tracked == 1
 
 
+def test_aggregator_counts_what_the_hold_guard_allows_and_its_releases():
+    agg = Aggregator(Settings())
+    tp = L.CLASS_THROUGHPUT
+    agg.ingest(
+        columns_from_samples(
+            [
+                SocketSample(1, tp, 1.0, 0, 0, 0, 1, 1, applied_flags=L.F_NAGLE),
+                SocketSample(2, tp, 1.0, 0, 0, 0, 1, 1, applied_flags=L.S_UNBOUNDED_PEER),
+                SocketSample(3, tp, 1.0, 0, 0, 0, 1, 1, applied_flags=L.S_INTERACTIVE, guard_releases=1),
+            ]
+        )
+    )
+    st = agg.classes[tp]
+    assert (st.held, st.unbounded, st.interactive, st.guard_releases) == (1, 1, 1, 1)
+    agg.ingest(columns_from_samples([SocketSample(3, tp, 1.0, 0, 0, 0, 1, 2, L.S_INTERACTIVE, guard_releases=3)]))
+    assert (st.held, st.interactive, st.guard_releases, st.guard_releases_total) == (0, 1, 2, 3)
+
+
 def test_absurd_and_non_finite_telemetry_is_ignored_and_counted():
     agg = Aggregator(Settings())
     agg.ingest(columns_from_samples([sample(1, srtt=2.0, segs=10)]))
