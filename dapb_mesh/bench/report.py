@@ -118,6 +118,39 @@ def sweep(rates: dict[str, dict[str, dict]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+SELF_COALESCED = 0.7  # baseline segments per message per hop below this: Envoy batched on its own (a busy node)
+STEAL_FLAG = 0.05  # CPU steal above this: the host, not DAPB, shaped the run
+
+
+def _hops(result: dict) -> int:
+    return max(result.get("workload", {}).get("hops", 1) or 1, 1)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def distortions(result: dict) -> list[str]:
+    """Plain-language flags for what could distort a run: CPU steal, a busy node, a baseline that coalesced."""
+    flags = []
+    hops = _hops(result)
+    base = result["modes"].get("baseline")
+    scenario = result.get("scenario", "")
+    if base and base.get("segments_per_message") and scenario in ("stream-small", "grpc-stream", "mixed"):
+        per_hop = base["segments_per_message"] / hops
+        if per_hop < SELF_COALESCED:
+            flags.append(
+                f"The baseline coalesced by itself ({per_hop:.2f} segments per message per hop; an idle node sends "
+                "about one per message at these rates): the node was busy. Judge DAPB against nagle in this run "
+                "and the ideal, not the baseline."
+            )
+    for mode, m in result["modes"].items():
+        steal = m.get("cpu_steal")
+        if steal is not None and steal > STEAL_FLAG:
+            flags.append(f"{mode}: the hypervisor stole {steal:.0%} of the node's CPU during the run.")
+    return flags
+
+
 def write_report(result: dict, directory: Path) -> Path:
     """report.md, result.json and PNG plots in ``directory``; returns the Markdown path."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -129,6 +162,17 @@ def write_report(result: dict, directory: Path) -> Path:
         f"# dapb bench: {title}",
         "",
         f"Workload: `{json.dumps(result.get('workload', {}))}`",
+        "",
+        *(f"- **Check:** {flag}" for flag in distortions(result)),
+        "",
+        "| mode | segments per message | ideal per message (payload / MSS, all hops) | node CPU busy | CPU steal |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {mode} | {m.get('segments_per_message', 0):.3f} | "
+            f"{m.get('ideal_segments', 0) * _hops(result) / max(m.get('messages', 1), 1):.3f} | "
+            f"{_pct(m.get('node_cpu_busy'))} | {_pct(m.get('cpu_steal'))} |"
+            for mode, m in result["modes"].items()
+        ),
         "",
         "| mode | " + " | ".join(CONTRACT_FIELDS) + " |",
         "|---|" + "---|" * len(CONTRACT_FIELDS),
