@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dapb_mesh.agent import Agent
-from dapb_mesh.bench.runner import _start_agent, node_cpu_sample
+from dapb_mesh.bench.runner import node_cpu_sample, start_agent
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
@@ -339,7 +339,7 @@ def _one(
             {L.CLASS_THROUGHPUT: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=L.CLASS_THROUGHPUT, unguarded=True
         )
     elif mode.startswith("agent-"):
-        agent = _start_agent(lambda: _agent(settings, mesh, mode.removeprefix("agent-")))
+        agent = start_agent(lambda: _agent(settings, mesh, mode.removeprefix("agent-")))
     log = tmp / f"h2load-{uuid.uuid4().hex[:6]}.log"
     log.touch()
     log.chmod(0o666)

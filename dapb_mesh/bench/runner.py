@@ -104,7 +104,7 @@ def run_modes(
             dp.write_policy(p.policies, default_class=p.default_class, small_bytes=SMALL_BYTES, unguarded=p.unguarded)
             progress(f"{label} [{rep + 1}/{repeats}] {mode}")
             before_run(p)
-            agent = _start_agent(agent_factory) if p.agent else None
+            agent = start_agent(agent_factory) if p.agent else None
             timed = agent.datapath if agent is not None else dp
             cpu0, seg0, ns0 = sum(cpu_usec(c) for c in cgroups), egress_segments(dp, count_dscps), program_ns(timed)
             node0 = node_cpu_sample()
@@ -136,7 +136,7 @@ def run_modes(
     return result
 
 
-def _start_agent(factory: Callable[[], Agent] | None) -> Agent:
+def start_agent(factory: Callable[[], Agent] | None) -> Agent:
     """Start the agent in a thread and wait until its first snapshot is in the kernel."""
     import threading
 
