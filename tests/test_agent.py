@@ -189,8 +189,12 @@ def test_agent_sigkill_mid_stream_loses_nothing_and_a_restart_adopts_the_pins(pa
 
         r = run_hop(pair, "stream", rate=10_000, count=15_000, size=64, during=kill)
         assert r.server["bytes"] == 15_000 * 64 and r.server["in_order"]
-        assert r.client["data_segs_out"] <= 0.15 * 15_000  # the last policy stayed in force
-        version = Datapath.open(instance).read_config().version
+        version = Datapath.open(instance).read_config().version  # the last one the dead agent wrote
+        # The last policy stayed in force after the kill: the client's socket kept Nagle under that version (read
+        # from the kernel, not from the segment count, which a CPU-starved receiver can spoil: docs/kernel.md).
+        client = [s for s in Datapath.open(instance).sock_stats() if s.data_segs_out == r.client["data_segs_out"]]
+        assert client and client[0].applied_flags & L.F_NAGLE and client[0].policy_version == version
+        assert r.client["data_segs_out"] < 15_000  # and it coalesced
         again = run_agent_process(path)
         try:
             assert wait_for(lambda: Datapath.open(instance).read_config().version > version, 20)

@@ -57,6 +57,7 @@ def collect(
         dp = Datapath.load(f"collect-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.attach_tc(pair.server.ifname, netns=pair.server.netns)  # loss on the receiver's ingress
+            dp.set_guard(L.ANY_UID, [f"{pair.server.address}/32"])  # the pods stand in for two sidecars
             for n, ctx in enumerate(contexts, 1):
                 count = max(200, int(ctx.rate * duration_s))
                 drop = round(ctx.loss * 1_000_000)
