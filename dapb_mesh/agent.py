@@ -395,21 +395,67 @@ class Agent:
             self.store = None
 
     def reload(self) -> bool:
-        """SIGHUP: re-read the configuration; a bad file is reported and nothing of it is applied."""
+        """SIGHUP: re-read the configuration; a bad file is reported and nothing of it is applied. Fields read only
+        at start keep their running value (a warning names them: a restart applies them). Nothing a reload meets
+        stops the agent: any failure keeps the running configuration and counts as rejected."""
+        # Read once at start: the pinned instance, its bpffs, attached cgroups, the open history, the exporter's
+        # address, the loaded model, the companion and publisher, the loop's interval (from tick_hz).
+        restart_only = {
+            "kernel": ("bpffs",),
+            "agent": (
+                "instance",
+                "store",
+                "cgroups",
+                "msg_accounting",
+                "listen",
+                "tick_hz",
+                "use_predictor",
+                "model",
+                "companion_target",
+                "companion_node_id",
+                "virtual_services",
+                "filter_config_file",
+                "wasm_plugin",
+            ),
+        }
+        running = self.settings
         try:
             new = load_settings(self.config_path)
-        except ConfigError as error:
+            kept = []
+            for section, names in restart_only.items():
+                old_part, new_part = getattr(running, section), getattr(new, section)
+                changed = {n: getattr(old_part, n) for n in names if getattr(new_part, n) != getattr(old_part, n)}
+                if changed:
+                    new = new.model_copy(update={section: new_part.model_copy(update=changed)})
+                    kept += [f"{section}.{n}" for n in changed]
+            self.settings = new
+            self.aggregator.settings = new
+            if self.datapath is not None:
+                self._apply_rules()
+        except Exception as error:  # a bad file (ConfigError), or anything else: the running configuration stays
+            self.settings = running
+            self.aggregator.settings = running
             self.reloads["rejected"] += 1
-            log.error("configuration reload rejected, keeping the running one:\n%s", error)
+            if isinstance(error, ConfigError):
+                log.error("configuration reload rejected, keeping the running one:\n%s", error)
+            else:
+                log.error("configuration reload failed, keeping the running one: %s: %s", type(error).__name__, error)
+                if self.datapath is not None:
+                    try:
+                        self._apply_rules()  # the new rules may be half written: the running ones again
+                    except Exception as again:
+                        log.error("restoring the running class rules failed: %s", again)
             return False
-        self.settings = new
-        self.aggregator.settings = new
-        if self.datapath is not None:
-            self._apply_rules()
         for st in self.aggregator.classes.values():
             st.decision = None  # decide afresh under the new parameters
         self.reloads["ok"] += 1
-        log.info("configuration reloaded")
+        if kept:
+            log.warning(
+                "configuration reloaded, except %s: read only at start, the running value stays until a restart",
+                ", ".join(kept),
+            )
+        else:
+            log.info("configuration reloaded")
         return True
 
     # -- the loop -----------------------------------------------------------------------------------------
@@ -423,10 +469,12 @@ class Agent:
         ]
         try:
             predictions = self.predictor.predict(as_matrix(rows), self.settings.policy)
+            if len(predictions) != len(rows):
+                raise ValueError(f"{len(predictions)} predictions for {len(rows)} classes")
+            return dict(zip(DECIDED, predictions, strict=True))
         except Exception as error:  # a model that fails at run time is no model: the formula decides
             log.error("predictor failed: %s", error)
             return dict.fromkeys(DECIDED)
-        return dict(zip(DECIDED, predictions, strict=True))
 
     def _offered_per_stream(self, cls: int) -> float | None:
         """Bytes per second one sending socket of the class offered in the last tick (the mean over the sockets

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dapb_mesh import __version__
@@ -59,7 +60,7 @@ def _settings(path: Path | None) -> Settings:
     try:
         return load_settings(path)
     except ConfigError as error:
-        err_console.print(f"[red]invalid configuration[/red]\n{error}", highlight=False)
+        err_console.print(f"[red]invalid configuration[/red]\n{escape(str(error))}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -508,7 +509,7 @@ def agent(
     try:
         settings = parse_settings({**base, "agent": {**base["agent"], **overrides}}, "command line")
     except ConfigError as error:
-        err_console.print(f"[red]invalid settings[/red]\n{error}", highlight=False)
+        err_console.print(f"[red]invalid settings[/red]\n{escape(str(error))}", highlight=False)
         raise typer.Exit(2) from None
     if not settings.agent.cgroups and not dry_run:
         raise typer.BadParameter("give at least one cgroup v2 directory (or agent.cgroups)", param_hint="--cgroup")

@@ -7,14 +7,15 @@ size) is rejected. Errors name the field path and the value, as ``ConfigError`` 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +25,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+# load_settings parses with the strict loader: duplicate keys, aliases, deep nesting and oversized input are refused.
+from dapb_mesh import safe_yaml as yaml
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _TIME_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -55,11 +59,59 @@ def _finite(value: Any) -> Any:
     return value
 
 
-Finite = BeforeValidator(_finite)
-Bytes = Annotated[int, _with_unit(_SIZE_UNITS, "size"), Field(ge=0)]
+U32_MAX = 2**32 - 1
+"""Sizes reach the kernel in u32 slots (bpf/dapb.h): a larger one would wrap."""
+FILTER_UINT_MAX = 2**24 - 1
+"""The Wasm filter refuses a configuration with a hold or buffer limit of 2^24 or more (parse_uint in
+wasm_filter/dapb_filter.c)."""
+FILTER_MAX_HOLD_MS = 60_000.0
+"""The Wasm filter refuses a hold_ms over 60 s; T(t) in microseconds also stays far inside its u32 kernel slot."""
+
+# After the unit parser and the type: "1e400ms", 1e309 and "inf" all become a float inf only there.
+Finite = AfterValidator(_finite)
+Bytes = Annotated[int, _with_unit(_SIZE_UNITS, "size"), Field(ge=0, le=U32_MAX)]
+HoldBytes = Annotated[int, _with_unit(_SIZE_UNITS, "size"), Field(ge=0, le=FILTER_UINT_MAX)]
 Millis = Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(ge=0)]
+HoldMillis = Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(ge=0, le=FILTER_MAX_HOLD_MS)]
 Weight = Annotated[float, Finite, Field(ge=0)]
 Fraction = Annotated[float, Finite, Field(ge=0, le=1)]
+
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """(host, port) of agent.listen; ValueError saying what is wrong. The host is an IPv4 address or a hostname
+    (empty: 127.0.0.1), as the exporter's IPv4 HTTP server takes it; the port 0..65535 (0: any free port)."""
+    host, colon, port = listen.rpartition(":")
+    if not colon:
+        raise ValueError("not host:port (e.g. 127.0.0.1:9464)")
+    if not port.isascii() or not port.isdecimal() or int(port) > 65535:
+        raise ValueError(f"port {port!r} is not a number in 0..65535")
+    if host.startswith("[") or ":" in host:
+        raise ValueError("IPv6 is not supported: the exporter listens on IPv4")
+    if host and not _is_ipv4(host) and not _is_hostname(host):
+        raise ValueError(f"host {host!r} is neither an IPv4 address nor a hostname")
+    return host or "127.0.0.1", int(port)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(host: str) -> bool:
+    labels = host.removesuffix(".").split(".")
+    # a name whose last label is all digits would be a malformed IPv4 address (RFC 1123 section 2.1)
+    return (
+        host.isascii()
+        and len(host) <= 253
+        and all(_HOSTNAME_LABEL.match(label) for label in labels)
+        and not labels[-1].isdecimal()
+    )
 
 
 class _Strict(BaseModel):
@@ -69,20 +121,22 @@ class _Strict(BaseModel):
 class PolicyConfig(_Strict):
     """The paper's parameters (eq. 1-7) and the mitigations of its section 6."""
 
-    b_min_bytes: Bytes = 0
+    b_min_bytes: HoldBytes = 0
     """B_min: buffer for latency-sensitive traffic; 0 means every write leaves at once (eq. 1)."""
-    b_max_bytes: Bytes = 16384
-    """B_max: buffer for throughput traffic and the ceiling of eq. 5."""
+    b_max_bytes: HoldBytes = 16384
+    """B_max: buffer for throughput traffic and the ceiling of eq. 5 (under 16 MiB: the filter's limit)."""
     alpha_bytes_per_ms: Weight = 64.0
     """alpha: bytes of buffer added per ms of RTT (eq. 2)."""
     beta_bytes_per_loss: Weight = 20000.0
     """beta: bytes added per unit of loss rate (1.0 = every segment lost) (eq. 2)."""
     gamma_bytes_per_ms: Weight = 32.0
     """gamma: bytes added per ms of jitter (eq. 2)."""
-    t_base_ms: Millis = 2.0
+    t_base_ms: HoldMillis = 2.0
     """T_base: the timeout with a perfect network (eq. 3)."""
-    t_max_ms: Millis = 50.0
-    """T_max: hard ceiling on any hold; no byte waits longer than this."""
+    t_max_ms: HoldMillis = 50.0
+    """T_max: hard ceiling on any hold; no byte waits longer than this. It bounds the enforced bound: the kernel
+    path rounds T(t) down to whole ticks so that T_eff stays within it, and a T_max under the kernel's shortest
+    bound (kernel.delack_floor_ms, plus delack_max_extra_ms with delack_max) is refused. At most 60 s."""
     delta: Weight = 0.5
     """delta: ms of timeout per ms of RTT (eq. 3)."""
     epsilon_ms_per_loss: Weight = 200.0
@@ -103,14 +157,14 @@ class PolicyConfig(_Strict):
     """Predictions with a lower confidence are ignored in favour of the static thresholds."""
     min_hold_bytes: Bytes = 128
     """A B(t) smaller than this is sent at once: no two small messages would fit, so holding only adds delay."""
-    static_buffer_bytes: Bytes = 1448
+    static_buffer_bytes: HoldBytes = 1448
     """The Nagle-like fallback buffer: one MSS on a 1500 B MTU link."""
-    static_timeout_ms: Millis = 8.0
+    static_timeout_ms: HoldMillis = 8.0
     """The Nagle-like fallback timeout: the kernel's shortest delayed-ACK bound here."""
-    filter_min_hold_ms: Millis = 8.0
+    filter_min_hold_ms: Annotated[HoldMillis, Field(ge=1)] = 8.0
     """The shortest hold the sidecar filter can keep: it releases on Envoy's timer, which fires every 4-4.5 ms
     here when asked for 1 ms (measured), so a shorter T(t) is held this long (as the kernel rounds T up to
-    T_eff); t_max_ms still caps it."""
+    T_eff); t_max_ms still caps it. At least 1 ms: the filter counts whole milliseconds."""
     hysteresis_rtt_fraction: Weight = 0.2
     """A decision changes only when RTT moves by more than this fraction ..."""
     hysteresis_loss: Fraction = 0.005
@@ -159,16 +213,31 @@ class KernelConfig(_Strict):
     ack_bound: Literal["rto_min", "delack_max"] = "delack_max"
     """How the receiver bounds its delayed ACK: TCP_BPF_DELACK_MAX (no side effect; coalesces from 5k msg/s on)
     or TCP_BPF_RTO_MIN (one tick tighter, but also lowers the socket's retransmit floor). See docs/kernel.md."""
-    delack_floor_ms: Millis = 8.0
-    """Shortest delayed-ACK bound the kernel enforces (a 5 ms request, the least accepted, rounds up to 8 ms)."""
-    delack_max_extra_ms: Millis = 4.0
+    delack_floor_ms: HoldMillis = 8.0
+    """Shortest delayed-ACK bound the kernel enforces (a 5 ms request, the least accepted, rounds up to 8 ms); at
+    least one tick."""
+    delack_max_extra_ms: HoldMillis = 4.0
     """TCP_BPF_DELACK_MAX measured one tick looser than TCP_BPF_RTO_MIN for the same request here."""
-    tick_ms: Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(gt=0)] = 4.0
-    """One jiffy: bounds are enforced in these steps."""
-    mss_bytes: Bytes = 1448
-    """Segment payload on the mesh's links (1500 B MTU with TCP timestamps)."""
+    tick_ms: Annotated[float, _with_unit(_TIME_UNITS_MS, "duration"), Finite, Field(ge=1, le=1000)] = 4.0
+    """One jiffy: bounds are enforced in these steps (1 ms at CONFIG_HZ=1000, the highest the kernel offers)."""
+    mss_bytes: Annotated[int, _with_unit(_SIZE_UNITS, "size"), Field(ge=536, le=65535)] = 1448
+    """Segment payload on the mesh's links (1500 B MTU with TCP timestamps); 536 (RFC 9293's default) to 65535."""
     bpffs: Path = Path("/sys/fs/bpf")
     cgroup2_root: Path = Path("/sys/fs/cgroup/unified")
+
+    @model_validator(mode="after")
+    def _floor_in_ticks(self) -> KernelConfig:
+        if self.delack_floor_ms < self.tick_ms:
+            raise ValueError(
+                f"delack_floor_ms ({self.delack_floor_ms}) must be at least one tick_ms ({self.tick_ms}): "
+                "the kernel counts its bounds in whole jiffies"
+            )
+        return self
+
+    @property
+    def shortest_bound_ms(self) -> float:
+        """The smallest T_eff the kernel can enforce: the floor, plus the extra tick of TCP_BPF_DELACK_MAX."""
+        return self.delack_floor_ms + (self.delack_max_extra_ms if self.ack_bound == "delack_max" else 0.0)
 
 
 class ClassRule(_Strict):
@@ -214,7 +283,7 @@ class AgentConfig(_Strict):
     retention_rows: Annotated[int, Field(ge=100)] = 1_000_000
     """At most this many decision rows are kept."""
     listen: str = "127.0.0.1:9464"
-    """host:port of /metrics (Prometheus), /healthz and /readyz."""
+    """host:port of /metrics (Prometheus), /healthz and /readyz: an IPv4 address or a hostname, port 0..65535."""
     companion_target: str = ""
     """xDS server of the companion (istiod, e.g. istiod.istio-system.svc:15010, or unix:PATH); empty: off."""
     companion_node_id: str = "sidecar~0.0.0.0~dapb-companion.istio-system~istio-system.svc.cluster.local"
@@ -231,10 +300,16 @@ class AgentConfig(_Strict):
     wasm_plugin: str = ""
     """namespace/name of the Istio WasmPlugin whose pluginConfig the agent keeps current (RBAC in istio/);
     empty: none."""
-    proxy_buffer_limit_bytes: Bytes = 1 << 20
+    proxy_buffer_limit_bytes: HoldBytes = 1 << 20
     """The sidecars' per-connection buffer limit (Envoy's default 1 MiB): the filter's hold stays under half."""
     urgent_prefix: str = ""
     """A message (body chunk) starting with these bytes is urgent: the filter sends what it holds at once."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        split_listen(v)
+        return v
 
     @field_validator("wasm_plugin")
     @classmethod
@@ -259,6 +334,19 @@ class Settings(_Strict):
     kernel: KernelConfig = KernelConfig()
     agent: AgentConfig = AgentConfig()
 
+    @model_validator(mode="after")
+    def _t_max_is_enforceable(self) -> Settings:
+        # T_max caps the enforced bound, and the kernel enforces nothing shorter than its floor.
+        k = self.kernel
+        if self.policy.t_max_ms < k.shortest_bound_ms:
+            extra = f" + kernel.delack_max_extra_ms ({k.delack_max_extra_ms})" if k.ack_bound == "delack_max" else ""
+            raise ValueError(
+                f"policy.t_max_ms ({self.policy.t_max_ms}) is below the shortest bound the kernel enforces: "
+                f"kernel.delack_floor_ms ({k.delack_floor_ms}){extra} = {k.shortest_bound_ms} ms "
+                f"with kernel.ack_bound {k.ack_bound}"
+            )
+        return self
+
 
 class ConfigError(ValueError):
     """Configuration rejected; each line names a field path, the bad value and why."""
@@ -268,15 +356,33 @@ ENV_PREFIX = "DAPB_"
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """DAPB_POLICY__B_MAX_BYTES=32KiB becomes {"policy": {"b_max_bytes": "32KiB"}}."""
+    """DAPB_POLICY__B_MAX_BYTES=32KiB becomes {"policy": {"b_max_bytes": "32KiB"}}. A variable whose path goes
+    below a field that holds a value (DAPB_POLICY__B_MAX_BYTES__X), or that another variable already set as a
+    value, is a ConfigError naming it; unknown names are left to validation, which reports them."""
     tree: dict[str, Any] = {}
-    for key, value in environ.items():
+    for key, value in sorted(environ.items()):
         if not key.startswith(ENV_PREFIX) or "__" not in key:
             continue
         path = key[len(ENV_PREFIX) :].lower().split("__")
+        model: type[BaseModel] | None = Settings
         node = tree
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(path[:-1]):
+            field = model.model_fields.get(part) if model is not None else None
+            sub = field.annotation if field is not None else None
+            model = sub if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+            child = node.setdefault(part, {})
+            where, variable = ".".join(path[: depth + 1]), ENV_PREFIX + "__".join(path[: depth + 1]).upper()
+            if field is not None and model is None:
+                raise ConfigError(
+                    f"environment ({ENV_PREFIX}*): {key} = {_shown(value)}: {where} is a value, not a section "
+                    f"(set {variable} instead)"
+                )
+            if not isinstance(child, dict):
+                raise ConfigError(
+                    f"environment ({ENV_PREFIX}*): {key} = {_shown(value)}: {where} is already set as a whole "
+                    f"by {variable}"
+                )
+            node = child
         node[path[-1]] = value
     return tree
 
@@ -291,6 +397,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """repr of a bad value, cut short: hostile input must not make a megabyte error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _describe(error: ValidationError, source: str) -> ConfigError:
     lines = []
     for item in error.errors():
@@ -298,7 +410,11 @@ def _describe(error: ValidationError, source: str) -> ConfigError:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{source}: {where} = {item.get('input')!r}: {message}")
+        if item["type"] == "value_error" and isinstance(item.get("input"), dict):
+            # a check across fields names them and their values itself; the whole section is noise
+            lines.append(f"{source}: {where}: {message}")
+        else:
+            lines.append(f"{source}: {where} = {_shown(item.get('input'))}: {message}")
     return ConfigError("\n".join(lines))
 
 
@@ -317,9 +433,11 @@ def load_settings(path: Path | None = None, environ: dict[str, str] | None = Non
     if path is not None:
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as error:
             raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (undecodable byte at offset {error.start})") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if loaded is None:

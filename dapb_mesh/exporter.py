@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dapb_mesh.agent import CLASS_NAMES, Agent
+from dapb_mesh.config import split_listen
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.metrics import added_delay
 
@@ -183,11 +184,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 def serve(agent: Agent, listen: str) -> ThreadingHTTPServer:
     """Start the exporter in a daemon thread; returns the server (``server_address`` has the real port)."""
-    host, _, port = listen.rpartition(":")
+    host, port = split_listen(listen)
     registry = CollectorRegistry()
     registry.register(AgentCollector(agent))
     handler = type("Handler", (_Handler,), {"agent": agent, "registry": registry})
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), handler)
+    server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

@@ -5,6 +5,8 @@ urgency table per route for the Wasm filter and the agent.
 - Malformed resources are NACKed with the reason (error_detail) and a log line; the last good table stays.
 - When the control plane is away, the table stays and the client reconnects with exponential backoff.
 - VirtualServices come from a source (a YAML directory here); a change in either side rebuilds the table.
+- A bad VirtualService, annotation or file is skipped with its reason (logged once, counted in
+  ``rejected_inputs``); the rest of the table stays, and nothing a tenant writes stops the watch.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import queue
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from dapb_mesh.mesh.sources import DirectorySource, KubernetesSource
-from dapb_mesh.mesh.virtualservice import DEFAULT_URGENCY, Problem, RouteUrgency, urgencies
+from dapb_mesh.mesh.virtualservice import DEFAULT_URGENCY, Problem, RouteUrgency, clip, resource_name, urgencies
 
 log = logging.getLogger("dapb.companion")
 
@@ -97,7 +100,11 @@ class Companion:
         self.poll_s, self.backoff_max_s = poll_s, backoff_max_s
         self.state = CompanionState()
         self._vs_table: list[RouteUrgency] = []
+        self._vs_good: dict[str, list[RouteUrgency]] = {}  # namespace/name -> its entries when last readable
         self._vs_version = -1
+        self._watch_error: str | None = None
+        self.rejected_inputs: Counter[tuple[str, str]] = Counter()
+        """(source, reason) -> inputs rejected: counted when a problem appears, not on every rebuild it lasts."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -111,7 +118,10 @@ class Companion:
                 self.state.table = table
                 self.state.updates += 1
                 log.info("urgency table: %s", table)
-                self.on_change(dict(table))
+                try:
+                    self.on_change(dict(table))
+                except Exception as error:  # a failing subscriber must not stop the thread that rebuilt the table
+                    log.error("urgency table subscriber failed: %s", clip(error))
 
     def _read_virtual_services(self) -> None:
         version, found, problems = self.source.poll()
@@ -120,12 +130,26 @@ class Companion:
         self._vs_version = version
         problems = list(problems)
         table: list[RouteUrgency] = []
+        good: dict[str, list[RouteUrgency]] = {}
         for vs in found:
-            entries, more = urgencies(vs, self.default_urgency)
+            key = resource_name(vs)
+            try:
+                entries, more = urgencies(vs, self.default_urgency)
+                good[key] = entries
+            except Exception as error:  # input no check foresaw: skip this VirtualService, keep its last good routes
+                entries = self._vs_good.get(key, [])
+                if entries:
+                    good[key] = entries
+                reason = f"skipped ({type(error).__name__}: {clip(error)}); keeping its last good routes"
+                more = [Problem(f"VirtualService {key}", None, reason, "virtualservice", "unreadable")]
             table += entries
             problems += more
+        known = set(self.state.problems)
         for problem in problems:
-            log.warning("%s", problem)
+            if problem not in known:  # each problem once, not again on every rebuild while it lasts
+                log.warning("%s", problem)
+                self.rejected_inputs[(problem.source, problem.code)] += 1
+        self._vs_good = good
         self._vs_table = table
         self.state.problems = problems
         self._rebuild()
@@ -134,8 +158,13 @@ class Companion:
         while not self._stop.is_set():
             try:
                 self._read_virtual_services()
-            except OSError as error:
-                log.warning("reading VirtualServices: %s", error)
+                self._watch_error = None
+            except Exception as error:  # the source itself failed (a directory gone, ...): keep the table, retry
+                reason = f"{type(error).__name__}: {clip(error)}"
+                if reason != self._watch_error:  # once per failure, not every poll while it lasts
+                    log.warning("reading VirtualServices: %s; keeping the last table", reason)
+                    self.rejected_inputs[("source", type(error).__name__)] += 1
+                self._watch_error = reason
             self._stop.wait(self.poll_s)
 
     # -- ADS ----------------------------------------------------------------------------------------------

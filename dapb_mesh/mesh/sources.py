@@ -6,29 +6,51 @@ whenever the set does, so the companion rebuilds only on change.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from pathlib import Path
 
-from dapb_mesh.mesh.virtualservice import Problem, load_directory
+from dapb_mesh.mesh.virtualservice import Problem, load_file, resource_name
 
 log = logging.getLogger("dapb.sources")
 GROUP, VERSION, PLURAL = "networking.istio.io", "v1", "virtualservices"
 
 
 class DirectorySource:
+    """The YAML files of a directory. A file that cannot be read (half written, not UTF-8, not YAML, too large)
+    keeps the VirtualServices of its last readable version, with a Problem saying so; a removed file drops them."""
+
     def __init__(self, directory: Path):
         self.directory = directory
-        self._stamp: tuple = ()
+        self._stamp: dict[str, tuple[int, int]] = {}
+        self._good: dict[str, list[dict]] = {}  # file name -> VirtualServices of its last readable version
         self._cached: tuple[int, list[dict], list[Problem]] = (0, [], [])
 
     def poll(self) -> tuple[int, list[dict], list[Problem]]:
-        files = sorted(self.directory.glob("*.y*ml"))
-        stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        stamp = {}
+        for f in sorted(self.directory.glob("*.y*ml")):
+            try:
+                st = f.stat()
+            except OSError:
+                continue  # removed between the listing and now: gone
+            stamp[f.name] = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._stamp = stamp
-            found, problems = load_directory(self.directory)
+            found: list[dict] = []
+            problems: list[Problem] = []
+            for name in stamp:
+                docs, more = load_file(self.directory / name)
+                if not more:
+                    self._good[name] = docs
+                elif name in self._good:
+                    docs = self._good[name]
+                    kept = "; keeping its last readable version"
+                    more = [dataclasses.replace(p, reason=p.reason + kept) for p in more]
+                found += docs
+                problems += more
+            self._good = {name: docs for name, docs in self._good.items() if name in stamp}
             self._cached = (self._cached[0] + 1, found, problems)
         return self._cached
 
@@ -63,8 +85,7 @@ class KubernetesSource:
 
     @staticmethod
     def _key(obj: dict) -> str:
-        meta = obj.get("metadata") or {}
-        return f"{meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+        return resource_name(obj)  # whatever shape the metadata has: one odd object must not stop the watch
 
     def _apply(self, replace: dict[str, dict] | None = None, event: tuple[str, dict] | None = None) -> None:
         with self._lock:
@@ -85,7 +106,8 @@ class KubernetesSource:
         while not self._stop.is_set():
             try:
                 listed = self.api.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-                self._apply(replace={self._key(o): o for o in listed.get("items", [])})
+                items = listed.get("items") or []
+                self._apply(replace={self._key(o): o for o in items if isinstance(o, dict)})
                 resource_version = (listed.get("metadata") or {}).get("resourceVersion")
                 backoff = 0.2
                 stream = watch.Watch().stream(

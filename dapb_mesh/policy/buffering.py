@@ -63,3 +63,19 @@ def enforced_timeout(timeout_ms: float, kernel: KernelConfig) -> float:
     ticks = math.ceil(timeout_ms / kernel.tick_ms - 1e-9)
     bound = max(kernel.delack_floor_ms, ticks * kernel.tick_ms)
     return bound + (kernel.delack_max_extra_ms if kernel.ack_bound == "delack_max" else 0.0)
+
+
+def kept_timeout(timeout_ms: float, t_max_ms: float, kernel: KernelConfig) -> float:
+    """T rounded down to what the kernel can keep within T_max: the longest T' <= T whose T_eff <= T_max.
+
+    The kernel rounds a request up to whole ticks (and adds DELACK_MAX's extra tick), so a T near T_max would be
+    enforced past it. When even the shortest bound exceeds T_max (configuration validation refuses that) there is
+    no such T' and the result is 0, whose T_eff is that shortest bound: callers check.
+    """
+    if enforced_timeout(timeout_ms, kernel) <= t_max_ms:
+        return timeout_ms
+    extra = kernel.delack_max_extra_ms if kernel.ack_bound == "delack_max" else 0.0
+    ticks = max(0, math.floor((t_max_ms - extra) / kernel.tick_ms + 1e-9))
+    while ticks > 0 and enforced_timeout(ticks * kernel.tick_ms, kernel) > t_max_ms:  # float rounding
+        ticks -= 1
+    return min(timeout_ms, ticks * kernel.tick_ms)
