@@ -121,6 +121,15 @@ class AgentCollector:
         for reason, n in a.aggregator.rejected.items():
             rejected.add_metric([reason], n)
         yield rejected
+        inputs = CounterMetricFamily(
+            "dapb_rejected_inputs",
+            "VirtualServices, annotations and files the companion skipped (the rest of the table stays)",
+            labels=["source", "reason"],
+        )
+        if a.companion is not None:
+            for (source, reason), n in dict(a.companion.rejected_inputs).items():
+                inputs.add_metric([source, reason], n)
+        yield inputs
         yield CounterMetricFamily("dapb_policy_writes", "policy snapshots written", value=a.writes)
         yield CounterMetricFamily(
             "dapb_policy_writes_suppressed", "writes deferred by the rate limit", value=a.suppressed_writes
