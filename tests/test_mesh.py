@@ -76,13 +76,20 @@ def test_yaml_directory_source(tmp_path):
         ("u=", None),
         ("i", None),
         ("xu=1", None),
+        ("u=0, u=7", 0.0),  # an RFC 8941 Dictionary: the last u wins
+        ("u=1;a=2", 0.857),  # parameters on the member
+        ("u=00", 1.0),  # leading zeros
+        ("u=1.0", None),  # not an integer: ignored
+        ("u=1, i=?1", 0.857),
+        ("u=1,", None),  # not a Dictionary: the whole header is ignored
+        ("u=1, U=2", None),
     ],
 )
 def test_rfc9218_priority(header, urgency):
     assert priority_urgency(header) == urgency
 
 
-@given(st.text(alphabet="u=0123456789i, ;x", max_size=12))
+@given(st.text(alphabet="u=0123456789i, ;x?.-\t", max_size=12))
 @settings(max_examples=300, deadline=None)
 def test_the_wasm_filter_and_python_agree_on_every_priority_header(header):
     cls, _ = classify(WASM, CONFIG, {"priority": header}, route=None)

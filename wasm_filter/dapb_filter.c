@@ -599,18 +599,183 @@ WASM_EXPORT(proxy_on_done) int32_t proxy_on_done(uint32_t id)
 WASM_EXPORT(proxy_on_delete) void proxy_on_delete(uint32_t id) { forget(id); }
 WASM_EXPORT(proxy_abi_version_0_2_1) void proxy_abi_version_0_2_1(void) {}
 
-// RFC 9218 Priority: a structured-field dictionary, e.g. "u=1, i". Returns urgency in thousandths, or -1.
+// ---- RFC 9218 Priority: an RFC 8941 Dictionary, e.g. "u=1, i", parsed as RFC 8941 section 4.2 says ----
+// No allocation: a cursor over the header value; only the last `u` is kept. Python has the same parser
+// (dapb_mesh/policy/structured_fields.py); tests/test_priority_rfc9218.py checks they agree.
+struct sf {
+	const char *s;
+	size_t n, i;
+};
+enum { SF_FAIL = -1, SF_OTHER = 0, SF_SMALL_INT = 1 }; // SF_SMALL_INT: an integer in 0..7
+static int sf_peek(const struct sf *p) { return p->i < p->n ? (unsigned char)p->s[p->i] : -1; }
+static int is_digit(int c) { return c >= '0' && c <= '9'; }
+static int is_lower(int c) { return c >= 'a' && c <= 'z'; }
+static int is_alpha(int c) { return is_lower(c) || (c >= 'A' && c <= 'Z'); }
+static int in_set(int c, const char *set)
+{
+	while (*set)
+		if (c == *set++)
+			return 1;
+	return 0;
+}
+static int is_b64(int c) { return is_alpha(c) || is_digit(c) || c == '+' || c == '/'; }
+
+static void sf_skip(struct sf *p, int tabs)
+{
+	while (sf_peek(p) == ' ' || (tabs && sf_peek(p) == '\t'))
+		p->i++;
+}
+
+// 4.2.3.3: returns the key's length, 0 if there is no key here.
+static size_t sf_key(struct sf *p)
+{
+	size_t start = p->i;
+	if (!is_lower(sf_peek(p)) && sf_peek(p) != '*')
+		return 0;
+	while (is_lower(sf_peek(p)) || is_digit(sf_peek(p)) || in_set(sf_peek(p), "_-.*"))
+		p->i++;
+	return p->i - start;
+}
+
+// 4.2.4: up to 15 digits, or a decimal of up to 12 "." 1..3. *small: the integer if in 0..7 ("-0" is 0).
+static int sf_number(struct sf *p, int *small)
+{
+	int neg = sf_peek(p) == '-', v = 0;
+	p->i += neg;
+	if (!is_digit(sf_peek(p)))
+		return SF_FAIL;
+	size_t start = p->i, dot = 0; // dot: 1 + the position of "." in the number, 0 for none
+	for (int c = sf_peek(p); is_digit(c) || (c == '.' && !dot); c = sf_peek(p)) {
+		if (c == '.') {
+			if (p->i - start > 12)
+				return SF_FAIL;
+			dot = p->i - start + 1;
+		} else if (v <= 7)
+			v = v * 10 + (c - '0'); // saturates above 7: only 0..7 matter
+		p->i++;
+		if (p->i - start > (dot ? 16u : 15u))
+			return SF_FAIL;
+	}
+	if (dot)
+		return p->i - start - dot >= 1 && p->i - start - dot <= 3 ? SF_OTHER : SF_FAIL;
+	*small = v;
+	return v <= 7 && (!neg || v == 0) ? SF_SMALL_INT : SF_OTHER;
+}
+
+// 4.2.3.1 and 4.2.5-4.2.8 (RFC 8941 types only).
+static int sf_bare_item(struct sf *p, int *small)
+{
+	int c = sf_peek(p);
+	if (c == '-' || is_digit(c))
+		return sf_number(p, small);
+	p->i++;
+	if (c == '"') { // printable ASCII; only \" and \\ escape
+		for (c = sf_peek(p); c != '"'; c = sf_peek(p)) {
+			if (c == '\\') {
+				p->i++;
+				c = sf_peek(p);
+				if (c != '"' && c != '\\')
+					return SF_FAIL;
+			} else if (c < 0x20 || c > 0x7e)
+				return SF_FAIL; // also the end of the value (-1)
+			p->i++;
+		}
+		p->i++;
+		return SF_OTHER;
+	}
+	if (c == '*' || is_alpha(c)) { // token: tchar, ":" and "/"
+		while (is_alpha(sf_peek(p)) || is_digit(sf_peek(p)) || in_set(sf_peek(p), "!#$%&'*+-.^_`|~:/"))
+			p->i++;
+		return SF_OTHER;
+	}
+	if (c == ':') { // base64 that decodes: "=" only to pad the last quantum; unpadded tails are accepted
+		size_t data = 0, pad = 0;
+		for (; is_b64(sf_peek(p)); p->i++)
+			data++;
+		for (; sf_peek(p) == '='; p->i++)
+			pad++;
+		if (sf_peek(p) != ':' || data % 4 == 1 || (pad && (pad > 2 || (data + pad) % 4)))
+			return SF_FAIL;
+		p->i++;
+		return SF_OTHER;
+	}
+	if (c == '?' && (sf_peek(p) == '0' || sf_peek(p) == '1')) {
+		p->i++;
+		return SF_OTHER;
+	}
+	return SF_FAIL;
+}
+
+// 4.2.3.2: parameters are checked, never used.
+static int sf_parameters(struct sf *p)
+{
+	int ignored;
+	while (sf_peek(p) == ';') {
+		p->i++;
+		sf_skip(p, 0);
+		if (!sf_key(p))
+			return 0;
+		if (sf_peek(p) == '=') {
+			p->i++;
+			if (sf_bare_item(p, &ignored) == SF_FAIL)
+				return 0;
+		}
+	}
+	return 1;
+}
+
+// 4.2.1.2
+static int sf_inner_list(struct sf *p)
+{
+	int ignored;
+	p->i++; // the "("
+	for (;;) {
+		sf_skip(p, 0);
+		if (sf_peek(p) == ')') {
+			p->i++;
+			return sf_parameters(p);
+		}
+		if (sf_bare_item(p, &ignored) == SF_FAIL || !sf_parameters(p))
+			return 0;
+		if (sf_peek(p) != ' ' && sf_peek(p) != ')')
+			return 0; // items are separated by SP
+	}
+}
+
+// Urgency in thousandths from the last `u` of the Dictionary, or -1: the header is not a valid Dictionary (then it
+// is ignored as a whole, RFC 8941 4.2), has no `u`, or its `u` is not an integer 0..7 (ignored, RFC 9218 section 4).
 int priority_urgency_milli(const char *s, size_t n)
 {
-	for (size_t i = 0; i + 1 < n; i++) {
-		int at_start = i == 0 || s[i - 1] == ',' || s[i - 1] == ' ';
-		if (!at_start || s[i] != 'u' || s[i + 1] != '=')
-			continue;
-		if (i + 2 < n && s[i + 2] >= '0' && s[i + 2] <= '7' && (i + 3 == n || s[i + 3] == ',' || s[i + 3] == ' '))
-			return (7 - (s[i + 2] - '0')) * 1000 / 7;
-		return -1; // a malformed urgency makes the header be ignored (RFC 9218 section 4)
+	struct sf p = {s, n, 0};
+	int u = -1;
+	sf_skip(&p, 0);
+	while (p.i < p.n) { // 4.2.2
+		size_t at = p.i, len = sf_key(&p);
+		int kind = SF_OTHER, small = -1, ok;
+		if (!len)
+			return -1;
+		if (sf_peek(&p) != '=') {
+			ok = sf_parameters(&p); // a bare key is the boolean true
+		} else if (p.i++, sf_peek(&p) == '(') {
+			ok = sf_inner_list(&p);
+		} else {
+			kind = sf_bare_item(&p, &small);
+			ok = kind != SF_FAIL && sf_parameters(&p);
+		}
+		if (!ok)
+			return -1;
+		if (len == 1 && s[at] == 'u') // a later u replaces an earlier one, even with a value that is ignored
+			u = kind == SF_SMALL_INT ? small : -1;
+		sf_skip(&p, 1);
+		if (p.i == p.n)
+			break;
+		if (s[p.i++] != ',')
+			return -1;
+		sf_skip(&p, 1);
+		if (p.i == p.n)
+			return -1; // a trailing comma
 	}
-	return -1;
+	return u < 0 ? -1 : (7 - u) * 1000 / 7;
 }
 
 static int route_urgency(const struct plugin *p)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import NamedTuple
+
+from dapb_mesh.policy.structured_fields import parse_dictionary
 
 # DSCP code points DAPB uses to carry a class to the kernel (RFC 4594 names). One definition: bpf/dapb.h
 # mirrors these numbers and a test checks they agree.
@@ -52,19 +55,33 @@ def should_flush(urgencies: Iterable[float], buffered_bytes: int, buffer_bytes: 
     return buffered_bytes >= buffer_bytes or mean_urgency(urgencies) > u_threshold
 
 
+class Priority(NamedTuple):
+    """An RFC 9218 `priority` header: urgency 0..7 (None when it gives no valid one) and the incremental flag."""
+
+    urgency: int | None
+    incremental: bool
+
+
+def parse_priority(header: str) -> Priority:
+    """The header as RFC 9218 section 4 reads it: an RFC 8941 Dictionary whose last `u` and `i` count.
+
+    A header that is not a valid Dictionary is ignored as a whole (RFC 8941 4.2); a `u` that is not an integer
+    0..7, or an `i` that is not a boolean, is ignored on its own (RFC 9218 section 4). Parameters on them are ignored.
+    """
+    members = parse_dictionary(header)
+    if members is None:
+        return Priority(None, False)
+    u = members.get("u", (None, {}))[0]
+    i = members.get("i", (False, {}))[0]
+    # type() is: a bare `u` is the boolean True, which isinstance(.., int) would take for 1
+    return Priority(u if type(u) is int and 0 <= u <= 7 else None, i if type(i) is bool else False)
+
+
 def priority_urgency(header: str) -> float | None:
     """u_i from an RFC 9218 `priority` header ("u=0..7[, i]"): u=0 -> 1.0 (most urgent) .. u=7 -> 0.0.
 
-    None when the header carries no urgency or a malformed one (the RFC says to ignore it then). The Wasm filter
-    implements the same rule in C; tests/test_mesh.py checks they agree on every input.
+    None when the header carries no valid urgency (see parse_priority). The Wasm filter implements the same rule
+    in C; tests/test_mesh.py and tests/test_priority_rfc9218.py check they agree.
     """
-    for i, ch in enumerate(header):
-        at_start = i == 0 or header[i - 1] in ", "
-        if not at_start or ch != "u" or header[i + 1 : i + 2] != "=":
-            continue
-        digit = header[i + 2 : i + 3]
-        rest = header[i + 3 : i + 4]
-        if digit in "01234567" and digit and rest in ("", ",", " "):
-            return (7 - int(digit)) * 1000 // 7 / 1000
-        return None
-    return None
+    u = parse_priority(header).urgency
+    return None if u is None else (7 - u) * 1000 // 7 / 1000  # thousandths, rounded down as the filter does
