@@ -558,6 +558,10 @@ class Agent:
                             st.bytes,
                             st.retrans,
                             rtt_ms=cond.rtt_ms,
+                            held=st.held,
+                            interactive=st.interactive,
+                            unbounded=st.unbounded,
+                            guard_releases=st.guard_releases,
                         )
                     )
         self.last_tick = time.monotonic()

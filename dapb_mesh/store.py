@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger("dapb.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,7 +46,11 @@ CREATE TABLE IF NOT EXISTS outcomes (
     bytes INTEGER NOT NULL,
     retransmits INTEGER NOT NULL,
     messages INTEGER,
-    rtt_ms REAL
+    rtt_ms REAL,
+    held INTEGER,
+    interactive INTEGER,
+    unbounded INTEGER,
+    guard_releases INTEGER
 );
 CREATE TABLE IF NOT EXISTS samples (
     id INTEGER PRIMARY KEY,
@@ -114,6 +118,21 @@ def _expected_columns() -> dict[str, tuple[str, ...]]:
         db.close()
 
 
+_GUARD_COLUMNS = ("held", "interactive", "unbounded", "guard_releases")  # added in schema version 3
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an older history's tables to this schema before they are checked: version 3 added the hold guard's
+    view to outcomes (nullable columns; older rows keep NULL there)."""
+    kinds = dict(db.execute("SELECT name, type FROM sqlite_master").fetchall())
+    if kinds.get("outcomes") != "table":
+        return
+    present = {r[1] for r in db.execute("PRAGMA table_info(outcomes)")}
+    for column in _GUARD_COLUMNS:
+        if column not in present:
+            db.execute(f"ALTER TABLE outcomes ADD COLUMN {column} INTEGER")
+
+
 def _check_tables(db: sqlite3.Connection) -> None:
     """Tables this dapb writes must take its rows: every column present, none extra that it cannot fill."""
     kinds = dict(db.execute("SELECT name, type FROM sqlite_master").fetchall())
@@ -144,6 +163,10 @@ class Outcome:
     retransmits: int
     messages: int | None = None
     rtt_ms: float | None = None
+    held: int | None = None  # the hold guard's view at the end of the interval (docs/kernel.md)
+    interactive: int | None = None
+    unbounded: int | None = None
+    guard_releases: int | None = None  # holds released during the interval because replies came
 
 
 class HistoryStore:
@@ -163,6 +186,7 @@ class HistoryStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            _migrate(db)
             _check_tables(db)
             db.executescript(_SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -175,7 +199,7 @@ class HistoryStore:
                     raise _Unusable(f"schema version {str(row[0])[:40]!r} is not a number") from None
                 if version < 1:
                     raise _Unusable(f"schema version {version} was never written by dapb")
-                if version == 1:  # version 2 only added the samples table, created above
+                if version in (1, 2):  # 2 added the samples table (created above), 3 the guard's columns (_migrate)
                     db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 elif version != SCHEMA_VERSION:  # a newer dapb's history: not corrupt, and not ours to move
                     raise StoreError(f"{self.path}: schema version {version}, this dapb reads {SCHEMA_VERSION}")
@@ -257,8 +281,8 @@ class HistoryStore:
 
     def record_outcome(self, outcome: Outcome, ts: float | None = None) -> None:
         self._write(
-            "INSERT INTO outcomes (ts, class, interval_s, sockets, segments, bytes, retransmits, messages, rtt_ms)"
-            " VALUES (?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO outcomes (ts, class, interval_s, sockets, segments, bytes, retransmits, messages, rtt_ms,"
+            " held, interactive, unbounded, guard_releases) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ts or time.time(),
                 outcome.cls,
@@ -269,6 +293,10 @@ class HistoryStore:
                 outcome.retransmits,
                 outcome.messages,
                 outcome.rtt_ms,
+                outcome.held,
+                outcome.interactive,
+                outcome.unbounded,
+                outcome.guard_releases,
             ),
         )
 

@@ -32,7 +32,7 @@ from dapb_mesh.mesh.virtualservice import (
 )
 from dapb_mesh.predictor import ModelError, OnnxPredictor, load_predictor
 from dapb_mesh.predictor.features import as_matrix
-from dapb_mesh.store import HistoryStore, Outcome, StoreError
+from dapb_mesh.store import SCHEMA_VERSION, HistoryStore, Outcome, StoreError
 
 ROUTES = "dapb.io/route-urgency"
 DEFAULT = Settings().policy.default_urgency
@@ -643,7 +643,7 @@ def test_a_history_missing_a_column_is_moved_aside_and_keeps_its_rows(tmp_path, 
     old.close()
 
 
-@pytest.mark.parametrize(("value", "moved"), [("two", True), ("0", True), ("3", False)])
+@pytest.mark.parametrize(("value", "moved"), [("two", True), ("0", True), (str(SCHEMA_VERSION + 1), False)])
 def test_a_history_schema_version_that_is_not_ours(tmp_path, value, moved):
     path = tmp_path / "history.db"
     HistoryStore(path).close()
@@ -657,7 +657,7 @@ def test_a_history_schema_version_that_is_not_ours(tmp_path, value, moved):
         store.close()
         assert len(set_aside(path)) == 1
     else:  # a newer dapb's history is not corrupt: refused by name, left in place
-        with pytest.raises(StoreError, match="schema version 3, this dapb reads 2"):
+        with pytest.raises(StoreError, match=f"schema version {value}, this dapb reads {SCHEMA_VERSION}"):
             HistoryStore(path)
         assert set_aside(path) == []
 
