@@ -32,7 +32,7 @@ from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
 from dapb_mesh.testbed import envoy_config as ec
-from dapb_mesh.testbed.mesh import APP_PORT, Mesh
+from dapb_mesh.testbed.mesh import APP_PORT, UPSTREAM_IDLE_S, Mesh
 
 CLIENT_MODES = ("baseline", "agent-auto", "agent-throughput", "nagle")
 CLIENT_MODE_HELP = {
@@ -47,7 +47,6 @@ STEAL_LIMIT = 0.05  # a run where the hypervisor stole more of the node's CPU th
 MIN_PAIRS = 3  # ... and left out of a verdict while this many undistorted pairs remain
 NOISE_SIGMAS = 2.0  # the verdict's slack widens by this many standard deviations of the baseline's own spread
 TOOLS = {"wrk": "wrk", "h2load": "h2load"}
-IDLE_S = 1.0  # the sidecars' idle timeout for upstream connections; runs are IDLE_S + a margin apart
 
 
 @dataclass(frozen=True)
@@ -239,14 +238,14 @@ def run_clients(
             )
     progress("bringing up the inter-pod mesh")
     # Keep-alive connections, no class routes and no DSCP marks: every socket falls into the default class. Idle
-    # sidecar-to-sidecar connections close after IDLE_S, so that each mode's run opens its own while the mode
+    # sidecar-to-sidecar connections close after UPSTREAM_IDLE_S, so that each mode's run opens its own while the mode
     # is in force (as after a deployment), not one a previous mode opened.
     mesh = Mesh(
         "inter-pod",
         plaintext=plaintext,
         kernel=settings.kernel,
         requests_per_connection=0,
-        upstream_idle_timeout_s=IDLE_S,
+        upstream_idle_timeout_s=UPSTREAM_IDLE_S,
     )
     expected_s = (duration_s + 2) * len(loads) * len(modes) * repeats + 60
     runs: dict[str, dict[str, list[dict]]] = {ld.label: {m: [] for m in modes} for ld in loads}
@@ -376,7 +375,7 @@ def _one(
         result["agent_policy_writes"] = writes
         result["guard_releases"] = releases
     result.update(node_cpu_sample().since(cpu0))
-    time.sleep(IDLE_S + 0.5)  # the sidecars close this run's upstream connections before the next mode
+    time.sleep(UPSTREAM_IDLE_S + 0.5)  # the sidecars close this run's upstream connections before the next mode
     return result
 
 

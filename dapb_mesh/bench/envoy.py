@@ -10,6 +10,7 @@ leave the client pod, so app-to-sidecar loopback traffic is not mixed in.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from dapb_mesh.mesh.virtualservice import plugin_config, urgencies
 from dapb_mesh.policy import Conditions, Sensitivity
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.impair import NO_IMPAIRMENT, Impairment
-from dapb_mesh.testbed.mesh import Mesh, parse_arch
+from dapb_mesh.testbed.mesh import UPSTREAM_IDLE_S, Mesh, parse_arch
 
 ENVOY_SCENARIOS = {
     "stream-small": Sensitivity.THROUGHPUT,
@@ -147,8 +148,9 @@ def run_envoy(
     progress(f"bringing up the {arch} mesh")
     # The mesh integration in full: the Wasm filter classes requests by route (stream: the scenario's class),
     # class routes lead to clusters whose sockets carry the class's DSCP. The default cluster is marked AF21 so
-    # that tc can count auto-class traffic too. A fresh sidecar-to-sidecar connection per run, so each mode's
-    # sockets are classified at establishment.
+    # that tc can count auto-class traffic too. Sidecar-to-sidecar connections are kept alive within a run (as
+    # Envoy keeps them: requests reuse them) and closed between runs, so each mode's sockets are classified at
+    # establishment under that mode.
     services = bench_virtual_services(sensitivity, arch)
     table = [entry for vs in services for entry in urgencies(vs)[0]]
     mesh = Mesh(
@@ -157,7 +159,7 @@ def run_envoy(
         kernel=settings.kernel,
         routes=ec.class_routes(services),
         upstream_socket_options={**ec.class_socket_options(), "": [tos_option(DSCP_AUTO)]},
-        requests_per_connection=1,
+        upstream_idle_timeout_s=UPSTREAM_IDLE_S,
         pin_cpus=True,
         wasm_filter=WASM,
         wasm_config=filter_config(table, settings, (0, 0)),
@@ -166,7 +168,9 @@ def run_envoy(
 
     def before_run(p) -> None:
         """Give the filter the mode's hold (B, T) when its enforcer is the filter, none otherwise; in agent mode
-        the agent's own publications reach the filter (Mesh.follow_filter_config)."""
+        the agent's own publications reach the filter (Mesh.follow_filter_config). First the previous run's
+        sidecar-to-sidecar connections close (idle timeout)."""
+        time.sleep(UPSTREAM_IDLE_S + 0.5)
         if p.agent:
             mesh.follow_filter_config(mesh.workdir / AGENT_FILTER_CONFIG)
             return

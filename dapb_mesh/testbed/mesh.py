@@ -58,6 +58,10 @@ def parse_arch(arch: str) -> tuple[str, int]:
 
 
 APP_PORT = 8080
+UPSTREAM_IDLE_S = 1.0
+"""The benches' idle timeout for sidecar-to-sidecar connections: connections are kept alive within a run (as
+Envoy keeps them) and closed between runs that are more than this apart, so that each run's sockets are
+established, and classified, under the mode in force."""
 RUN_ROOT = Path("/run/dapb")
 
 
