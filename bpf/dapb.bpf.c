@@ -342,15 +342,15 @@ int dapb_sockops(struct bpf_sock_ops *skops)
 			break; /* evicted from the LRU: the next established socket gets a slot */
 		if (skops->op == BPF_SOCK_OPS_STATE_CB)
 			st->state = skops->args[1];
-		int guard_moved = 0;
-		if (skops->op == BPF_SOCK_OPS_RTT_CB && !(st->applied_flags & DAPB_S_UNBOUNDED_PEER) &&
-		    !(cfg->flags & DAPB_CFG_UNGUARDED))
-			guard_moved = observe_turns(skops, st);
-		if ((st->policy_version != cfg->version || guard_moved) && skops->op == BPF_SOCK_OPS_RTT_CB) {
-			__u32 cls = st->class_id;
-			apply(skops, bpf_map_lookup_elem(&dapb_policy, &cls), st);
-			mirror_state(skops, st);
-			st->policy_version = cfg->version;
+		if (skops->op == BPF_SOCK_OPS_RTT_CB) {
+			int guard_moved = !(st->applied_flags & DAPB_S_UNBOUNDED_PEER) &&
+					  !(cfg->flags & DAPB_CFG_UNGUARDED) && observe_turns(skops, st);
+			if (st->policy_version != cfg->version || guard_moved) {
+				__u32 cls = st->class_id;
+				apply(skops, bpf_map_lookup_elem(&dapb_policy, &cls), st);
+				mirror_state(skops, st);
+				st->policy_version = cfg->version;
+			}
 		}
 		record(skops, st);
 		break;

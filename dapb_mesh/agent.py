@@ -44,6 +44,28 @@ TCP_CLOSE = 7
 IDLE_CONDITIONS = Conditions(rtt_ms=0.0, loss=0.0, jitter_ms=0.0)
 
 
+RESTART_ONLY = {
+    "kernel": ("bpffs",),
+    "agent": (
+        "instance",
+        "store",
+        "cgroups",
+        "msg_accounting",
+        "listen",
+        "tick_hz",
+        "use_predictor",
+        "model",
+        "companion_target",
+        "companion_node_id",
+        "virtual_services",
+        "filter_config_file",
+        "wasm_plugin",
+    ),
+}
+"""Settings read once at start (the pinned instance, its bpffs, attached cgroups, the open history, the exporter's
+address, the loaded model, the companion and publisher, the loop's interval): a reload keeps their running value."""
+
+
 @dataclass(frozen=True)
 class SocketSample:
     """One socket's telemetry (floats, so that tests can represent bad values the kernel never sends)."""
@@ -398,31 +420,11 @@ class Agent:
         """SIGHUP: re-read the configuration; a bad file is reported and nothing of it is applied. Fields read only
         at start keep their running value (a warning names them: a restart applies them). Nothing a reload meets
         stops the agent: any failure keeps the running configuration and counts as rejected."""
-        # Read once at start: the pinned instance, its bpffs, attached cgroups, the open history, the exporter's
-        # address, the loaded model, the companion and publisher, the loop's interval (from tick_hz).
-        restart_only = {
-            "kernel": ("bpffs",),
-            "agent": (
-                "instance",
-                "store",
-                "cgroups",
-                "msg_accounting",
-                "listen",
-                "tick_hz",
-                "use_predictor",
-                "model",
-                "companion_target",
-                "companion_node_id",
-                "virtual_services",
-                "filter_config_file",
-                "wasm_plugin",
-            ),
-        }
         running = self.settings
         try:
             new = load_settings(self.config_path)
             kept = []
-            for section, names in restart_only.items():
+            for section, names in RESTART_ONLY.items():
                 old_part, new_part = getattr(running, section), getattr(new, section)
                 changed = {n: getattr(old_part, n) for n in names if getattr(new_part, n) != getattr(old_part, n)}
                 if changed:

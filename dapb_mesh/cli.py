@@ -402,7 +402,7 @@ def _bench_clients(
 ) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dapb_mesh.bench.clients import CLIENT_MODES, client_report, parse_client, run_clients
+    from dapb_mesh.bench.clients import client_report, parse_client, run_clients, validate_client_modes
 
     try:
         loads = [parse_client(s) for s in spec.split(",") if s.strip()]
@@ -411,12 +411,10 @@ def _bench_clients(
     mode_list = [m.strip() for m in modes.split(",") if m.strip()]
     if mode_list == ["baseline", "nagle", "dapb"]:  # the scenario default: take the clients' one
         mode_list = ["baseline", "agent-auto", "agent-throughput"]
-    unknown = [m for m in mode_list if m not in CLIENT_MODES]
-    if unknown or not mode_list:
-        raise typer.BadParameter(
-            f"{', '.join(unknown) or '(none)'} with --client; choose from {', '.join(CLIENT_MODES)}",
-            param_hint="--modes",
-        )
+    try:
+        validate_client_modes(mode_list)
+    except ValueError as error:
+        raise typer.BadParameter(f"{error} (with --client)", param_hint="--modes") from None
     size = 1024 if msg_size == 64 else msg_size  # --msg-size's default is the stream's; requests answer 1 KiB
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("starting", total=None)

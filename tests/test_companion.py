@@ -5,6 +5,7 @@ import time
 
 import pytest
 from google.protobuf import any_pb2
+from polling import wait_until
 
 from dapb_mesh.mesh.companion import Companion
 from dapb_mesh.testbed import envoy_config as ec
@@ -37,15 +38,6 @@ def snapshot(version: str, vs: dict) -> Snapshot:
         pod="client", address="10.0.0.1", services=[ec.Service("svc-b", ("10.0.0.2",))], routes=ec.class_routes([vs])
     )
     return Snapshot.build(version, ec.resources(spec))
-
-
-def wait_until(predicate, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture

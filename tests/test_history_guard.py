@@ -19,13 +19,13 @@ INSERT INTO outcomes (ts, class, interval_s, sockets, segments, bytes, retransmi
 """
 
 
-def outcome_rows(path) -> list[dict]:
-    db = sqlite3.connect(str(path))
-    db.row_factory = sqlite3.Row
+def outcome_rows(path, cls: str | None = None) -> list[dict]:
+    """Outcome rows, oldest first, read through the store as `dapb history` reads them."""
+    store = HistoryStore(path)
     try:
-        return [dict(r) for r in db.execute("SELECT * FROM outcomes ORDER BY id")]
+        return store.recent("outcomes", limit=1000, cls=cls)[::-1]
     finally:
-        db.close()
+        store.close()
 
 
 def test_an_older_history_gains_the_guard_columns_and_keeps_its_rows(tmp_path):
@@ -59,6 +59,6 @@ def test_the_agent_records_what_the_guard_did_each_tick(tmp_path):
         agent.tick(columns_from_samples(sample))
     finally:
         agent.stop()
-    rows = [r for r in outcome_rows(tmp_path / "h.db") if r["class"] == "throughput"]
+    rows = outcome_rows(tmp_path / "h.db", cls="throughput")
     assert rows and (rows[-1]["held"], rows[-1]["interactive"], rows[-1]["unbounded"]) == (1, 1, 1)
     assert rows[-1]["guard_releases"] == 2

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polling import wait_until
 
 from dapb_mesh.agent import Agent, columns_from_samples
 from dapb_mesh.config import ConfigError, Settings, load_settings, parse_settings
@@ -59,15 +60,6 @@ def vs(name: str, routes: list, annotations: dict | None = None, namespace: str 
 
 def codes(problems) -> set[tuple[str, str]]:
     return {(p.source, p.code) for p in problems}
-
-
-def wait_until(predicate, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # -- 1. VirtualServices, annotations and files ------------------------------------------------------------------

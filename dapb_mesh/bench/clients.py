@@ -25,28 +25,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapb_mesh.agent import Agent
+from dapb_mesh.agent import IDLE_CONDITIONS, Agent
+from dapb_mesh.bench.metrics import STEAL_DISTORTS
+from dapb_mesh.bench.modes import plan
 from dapb_mesh.bench.runner import node_cpu_sample, start_agent
 from dapb_mesh.config import Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.datapath import Datapath
+from dapb_mesh.policy import Sensitivity
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.mesh import APP_PORT, UPSTREAM_IDLE_S, Mesh
 
 CLIENT_MODES = ("baseline", "agent-auto", "agent-throughput", "nagle")
-CLIENT_MODE_HELP = {
-    "baseline": "no DAPB",
-    "agent-auto": "the node agent on whole pods, default class auto",
-    "agent-throughput": "the node agent on whole pods, default class throughput (an operator marking bulk)",
-    "nagle": "forced Nagle on every socket of the pods, no guard and no bound (the harm, for comparison)",
-}
 LATENCY_SLACK = (0.10, 1.0)  # (fraction, ms): p90 and p99 may exceed baseline by at most this
 RATE_SLACK = 0.05  # req/s may fall short of baseline by at most this fraction
-STEAL_LIMIT = 0.05  # a run where the hypervisor stole more of the node's CPU than this is distorted ...
-MIN_PAIRS = 3  # ... and left out of a verdict while this many undistorted pairs remain
+MIN_PAIRS = 3  # runs distorted by CPU steal (runner.STEAL_DISTORTS) are left out while this many pairs remain
 NOISE_SIGMAS = 2.0  # the verdict's slack widens by this many standard deviations of the baseline's own spread
-TOOLS = {"wrk": "wrk", "h2load": "h2load"}
+TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client"}  # client -> the Debian package that has it
 
 
 @dataclass(frozen=True)
@@ -179,7 +175,7 @@ def _noise(values: list[float]) -> float:
 def within(runs: list[dict], bases: list[dict]) -> dict:
     """The do-no-harm verdict of one mode against baseline in the same run, paired repeat by repeat (a mode's
     run and the baseline run next to it share the machine's mood) and judged by the median over the pairs, so
-    that one noisy pair decides nothing. Pairs where the hypervisor stole more than STEAL_LIMIT of the CPU in
+    that one noisy pair decides nothing. Pairs where the hypervisor stole more than STEAL_DISTORTS of the CPU in
     either run measure the host, not DAPB: they are left out while at least MIN_PAIRS others remain.
 
     Allowed: p90 and p99 within base x 1.1 + 1 ms, req/s within 5 % of base, each widened by NOISE_SIGMAS times
@@ -188,7 +184,7 @@ def within(runs: list[dict], bases: list[dict]) -> dict:
     excess over what is allowed: <= 0 passes. The noise added is reported beside.
     """
     pairs = list(zip(runs, bases, strict=True))
-    calm = [(m, b) for m, b in pairs if max(m["cpu_steal"], b["cpu_steal"]) <= STEAL_LIMIT]
+    calm = [(m, b) for m, b in pairs if max(m["cpu_steal"], b["cpu_steal"]) <= STEAL_DISTORTS]
     used = calm if len(calm) >= MIN_PAIRS else pairs
     frac, ms = LATENCY_SLACK
     noise = {q: NOISE_SIGMAS * _noise([b[q] for _, b in used]) for q in ("p90_ms", "p99_ms")}
@@ -214,6 +210,13 @@ def within(runs: list[dict], bases: list[dict]) -> dict:
     }
 
 
+def validate_client_modes(modes: list[str]) -> list[str]:
+    unknown = [m for m in modes if m not in CLIENT_MODES]
+    if unknown or not modes:
+        raise ValueError(f"mode(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(CLIENT_MODES)}")
+    return modes
+
+
 def run_clients(
     loads: list[ClientLoad],
     modes: list[str],
@@ -226,16 +229,10 @@ def run_clients(
     plaintext: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
-    unknown = [m for m in modes if m not in CLIENT_MODES]
-    if unknown or not modes:
-        raise ValueError(
-            f"mode(s) {', '.join(unknown) or '(none)'} for --client; choose from {', '.join(CLIENT_MODES)}"
-        )
+    validate_client_modes(modes)
     for tool in {ld.tool for ld in loads}:
         if shutil.which(tool) is None:
-            raise RuntimeError(
-                f"{tool} is not installed (Debian: apt-get install {'wrk' if tool == 'wrk' else 'nghttp2-client'})"
-            )
+            raise RuntimeError(f"{tool} is not installed (Debian: apt-get install {TOOLS[tool]})")
     progress("bringing up the inter-pod mesh")
     # Keep-alive connections, no class routes and no DSCP marks: every socket falls into the default class. Idle
     # sidecar-to-sidecar connections close after UPSTREAM_IDLE_S, so that each mode's run opens its own while the mode
@@ -292,7 +289,6 @@ def _median(runs: list[dict]) -> dict:
     out = {k: statistics.median(r[k] for r in runs) for k in keys}
     out["errors"] = sum(r["errors"] for r in runs)
     out["runs"] = len(runs)
-    out["spread"] = {q: [min(r[q] for r in runs), max(r[q] for r in runs)] for q in ("p99_ms", "req_per_s")}
     out["per_run"] = {q: [r[q] for r in runs] for q in ("p90_ms", "p99_ms", "req_per_s", "cpu_steal")}
     return out
 
@@ -331,12 +327,11 @@ def _one(
     tmp: Path,
 ) -> dict:
     agent = None
-    if mode == "nagle":
+    if mode == "nagle":  # the bench's forced-Nagle mode, on every socket of the pods
+        forced = plan("nagle", Sensitivity.THROUGHPUT, IDLE_CONDITIONS, settings)
         for pod in mesh.pods:
             dp.attach_cgroup(pod.cgroup)
-        dp.write_policy(
-            {L.CLASS_THROUGHPUT: L.ClassPolicy(flags=L.F_NAGLE)}, default_class=L.CLASS_THROUGHPUT, unguarded=True
-        )
+        dp.write_policy(forced.policies, default_class=forced.default_class, unguarded=forced.unguarded)
     elif mode.startswith("agent-"):
         agent = start_agent(lambda: _agent(settings, mesh, mode.removeprefix("agent-")))
     log = tmp / f"h2load-{uuid.uuid4().hex[:6]}.log"
@@ -391,7 +386,7 @@ def client_report(result: dict) -> str:
         f"kept busy. Medians of the repeats. No harm: p90 and p99 within {frac:.0%} + {ms:g} ms of baseline, "
         f"req/s within {RATE_SLACK:.0%}, errors no more than baseline's + 0.5 %, judged pair by pair (median), "
         f"each slack widened by {NOISE_SIGMAS:g} standard deviations of the baseline's own spread (the noise "
-        f"allowance: 0 on a calm machine); pairs with more than {STEAL_LIMIT:.0%} CPU steal left out while "
+        f"allowance: 0 on a calm machine); pairs with more than {STEAL_DISTORTS:.0%} CPU steal left out while "
         f"{MIN_PAIRS} others remain.",
     ]
     for label, per_mode in result["clients"].items():

@@ -22,6 +22,8 @@ CONTRACT_FIELDS = (
     "added_latency_ms",
     "ebpf_overhead_us",
 )
+STEAL_DISTORTS = 0.05
+"""A run in which the hypervisor stole more of the node's CPU than this measured the host, not DAPB."""
 
 
 @dataclass

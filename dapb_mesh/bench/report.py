@@ -6,7 +6,7 @@ import itertools
 import json
 from pathlib import Path
 
-from dapb_mesh.bench.metrics import CONTRACT_FIELDS
+from dapb_mesh.bench.metrics import CONTRACT_FIELDS, STEAL_DISTORTS
 from dapb_mesh.testbed.tcpwork import HIST_EDGES_US
 
 
@@ -119,7 +119,6 @@ def sweep(rates: dict[str, dict[str, dict]], path: Path, title: str) -> None:
 
 
 SELF_COALESCED = 0.7  # baseline segments per message per hop below this: Envoy batched on its own (a busy node)
-STEAL_FLAG = 0.05  # CPU steal above this: the host, not DAPB, shaped the run
 
 
 def _hops(result: dict) -> int:
@@ -146,7 +145,7 @@ def distortions(result: dict) -> list[str]:
             )
     for mode, m in result["modes"].items():
         steal = m.get("cpu_steal")
-        if steal is not None and steal > STEAL_FLAG:
+        if steal is not None and steal > STEAL_DISTORTS:
             flags.append(f"{mode}: the hypervisor stole {steal:.0%} of the node's CPU during the run.")
     return flags
 

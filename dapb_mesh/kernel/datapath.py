@@ -66,13 +66,6 @@ def peer_key(net: PeerNetwork | str) -> PeerKey:
     return PeerKey(prefixlen=net.prefixlen, addr=(ctypes.c_uint8 * 16)(*net.network_address.packed))
 
 
-def network_of(key: PeerKey) -> PeerNetwork:
-    addr = ipaddress.IPv6Address(bytes(key.addr))
-    if addr.ipv4_mapped is not None and key.prefixlen >= _V4_MAPPED:
-        return ipaddress.IPv4Network((addr.ipv4_mapped, key.prefixlen - _V4_MAPPED))
-    return ipaddress.IPv6Network((addr, key.prefixlen))
-
-
 class DatapathError(RuntimeError):
     """The kernel part cannot be loaded, attached or found; the message says what to do."""
 
@@ -358,9 +351,6 @@ class Datapath:
         cfg = self.read_config()
         cfg.hold_uid = hold_uid
         self._write_config(cfg)
-
-    def bounded_peers(self) -> list[PeerNetwork]:
-        return [network_of(k) for k in libbpf.map_keys(self._maps["dapb_bounded_peers"], PeerKey)]
 
     def read_policy(self) -> dict[int, ClassPolicy]:
         out = {}

@@ -147,18 +147,17 @@ def decide(
     holds = b > policy.b_min_bytes and b >= max(policy.min_hold_bytes, 1)
     # T_max caps the bound the kernel enforces, not only T: it rounds T up to T_eff, so T goes down to fit.
     t_kernel = kept_timeout(t, policy.t_max_ms, kernel)
-    kernel_keeps = enforced_timeout(t_kernel, kernel) <= policy.t_max_ms
-    if holds and kernel_cannot_fill(offered_bytes_per_s, enforced_timeout(t_kernel, kernel), kernel):
+    t_eff_kernel = enforced_timeout(t_kernel, kernel)
+    if holds and kernel_cannot_fill(offered_bytes_per_s, t_eff_kernel, kernel):
         # Too little traffic to fill segments within the kernel's bound: the sidecar's filter holds instead, for
         # T(t) or the shortest hold its timer can keep (never past T_max); the sockets keep NODELAY.
         enforced = min(max(t, policy.filter_min_hold_ms), policy.t_max_ms)
         knobs = Knobs(nodelay=True, ack_bound_ms=None, dscp=_dscp(sensitivity), enforcer="filter")
         reason += f"; {offered_bytes_per_s:.0f} B/s cannot fill segments within the kernel's bound: the filter holds"
-    elif holds and kernel_keeps:
+    elif holds and t_eff_kernel <= policy.t_max_ms:
         if t_kernel < t:
             reason += f"; T {t:.3g} ms rounded down to {t_kernel:g} ms: the kernel's bound for it stays within T_max"
-        t = t_kernel
-        enforced = enforced_timeout(t, kernel)
+        t, enforced = t_kernel, t_eff_kernel
         knobs = Knobs(nodelay=False, ack_bound_ms=enforced, dscp=_dscp(sensitivity), enforcer="kernel")
     else:
         if holds:  # only with a policy and kernel that configuration validation would not have paired
