@@ -57,34 +57,96 @@ WASM_IMPORT(proxy_get_current_time_nanoseconds) int32_t proxy_get_current_time_n
 WASM_IMPORT(proxy_set_effective_context) int32_t proxy_set_effective_context(uint32_t ctx);
 WASM_IMPORT(proxy_continue_stream) int32_t proxy_continue_stream(int32_t stream);
 
-// ---- memory: size-class free lists over pages taken with memory.grow (host buffers come through here) ----
+// ---- memory: size-class free lists for blocks up to 4 KiB, and whole-page runs for larger ones, all over pages
+// taken with memory.grow (host buffers come through here). Every block goes back where it came from when freed.
 #define CLASSES 8
+#define PAGE 65536
 static void *free_lists[CLASSES];
 
 static size_t class_size(int c) { return (size_t)32 << c; } // 32 B .. 4 KiB
 
-static void *grow(size_t bytes)
+static void *grow(size_t pages)
 {
-	size_t pages = (bytes + 65535) / 65536;
 	long old = __builtin_wasm_memory_grow(0, pages);
-	return old < 0 ? NULL : (void *)(old * 65536);
+	return old < 0 ? NULL : (void *)(old * PAGE);
 }
 
+// A free run of whole pages; runs are kept in address order and merged with their neighbours when freed.
+struct run {
+	size_t pages;
+	struct run *next;
+};
+static struct run *free_runs;
+
+// `pages` whole pages: the first free run that is large enough (split, the rest stays free); a free run at the
+// end of memory that is too short is grown in place; otherwise new pages.
+static void *take_pages(size_t pages)
+{
+	struct run **at = &free_runs, *last = NULL, **last_at = NULL;
+	for (; *at; at = &(*at)->next) {
+		struct run *r = *at;
+		if (r->pages >= pages) {
+			if (r->pages == pages) {
+				*at = r->next;
+			} else {
+				struct run *rest = (struct run *)((char *)r + pages * PAGE);
+				rest->pages = r->pages - pages;
+				rest->next = r->next;
+				*at = rest;
+			}
+			return r;
+		}
+		last = r;
+		last_at = at;
+	}
+	size_t end = __builtin_wasm_memory_size(0) * PAGE;
+	if (last && (size_t)last + last->pages * PAGE == end) { // the last run ends memory: grow it by the shortfall
+		if (!grow(pages - last->pages))
+			return NULL;
+		*last_at = last->next;
+		return last;
+	}
+	return grow(pages);
+}
+
+static void give_pages(void *p, size_t pages)
+{
+	struct run *r = p, **at = &free_runs, *prev = NULL;
+	while (*at && *at < r) {
+		prev = *at;
+		at = &(*at)->next;
+	}
+	r->pages = pages;
+	r->next = *at;
+	*at = r;
+	if (r->next && (char *)r + r->pages * PAGE == (char *)r->next) { // merge with the run after
+		r->pages += r->next->pages;
+		r->next = r->next->next;
+	}
+	if (prev && (char *)prev + prev->pages * PAGE == (char *)r) { // and with the run before
+		prev->pages += r->pages;
+		prev->next = r->next;
+	}
+}
+
+// Header before every block: its class (< CLASSES), or CLASSES + the number of pages of a large block.
 static void *dapb_alloc(size_t n)
 {
-	n += 8; // header: the class, or ~0 for a whole-page block
+	if (n > (size_t)1 << 30)
+		return NULL; // more than a 32-bit memory could ever give
+	n += 8;
 	for (int c = 0; c < CLASSES; c++) {
 		if (n <= class_size(c)) {
 			uint64_t *block = free_lists[c];
 			if (block) {
 				free_lists[c] = *(void **)(block + 1);
 			} else {
-				block = grow(65536);
+				block = take_pages(1);
 				if (!block)
 					return NULL;
 				// carve the page: keep one block, chain the rest
 				size_t size = class_size(c);
-				for (size_t off = size; off + size <= 65536; off += size) {
+				for (size_t off = size; off + size <= PAGE; off += size) {
 					uint64_t *b = (uint64_t *)((char *)block + off);
 					b[0] = c;
 					*(void **)(b + 1) = free_lists[c];
@@ -95,10 +157,11 @@ static void *dapb_alloc(size_t n)
 			return block + 1;
 		}
 	}
-	uint64_t *big = grow(n);
+	size_t pages = (n + PAGE - 1) / PAGE;
+	uint64_t *big = take_pages(pages);
 	if (!big)
 		return NULL;
-	big[0] = ~(uint64_t)0; // large blocks are not reused: configuration only
+	big[0] = CLASSES + pages;
 	return big + 1;
 }
 
@@ -110,6 +173,8 @@ static void dapb_free(void *p)
 	if (block[0] < CLASSES) {
 		*(void **)(block + 1) = free_lists[block[0]];
 		free_lists[block[0]] = block;
+	} else {
+		give_pages(block, block[0] - CLASSES);
 	}
 }
 
