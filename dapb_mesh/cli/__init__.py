@@ -835,7 +835,3 @@ def demo(config: ConfigOption = None) -> None:
                 d.source.value,
             )
     console.print(table)
-
-
-if __name__ == "__main__":
-    app()
