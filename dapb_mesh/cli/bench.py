@@ -1,0 +1,262 @@
+"""`dapb bench`: modes compared side by side on this machine, through sidecars, raw, or with real clients."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dapb_mesh.cli.common import ConfigOption, console, err_console, interrupt_on_sigterm, load, write_json
+
+
+def bench(
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario",
+            "-s",
+            help="stream-small, req-resp, mixed (through sidecars: every arch but raw; stream-small also raw); "
+            "stream-auto, burst, write-write-read, pingpong (raw); agent-tick (the control loop); predictor "
+            "(inference cost). Not with --client.",
+        ),
+    ] = "",
+    modes: Annotated[
+        str, typer.Option("--modes", "-m", help="Comma-separated: baseline, passthrough, nagle, dapb, dapb-ml, agent.")
+    ] = "baseline,nagle,dapb",
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch",
+            help="Real Envoy sidecars: inter-pod, intra-pod, chain:N (N pods in a line, relays between), fan-out:N "
+            "(one client, N - 1 servers at once); or raw (kernel only, no proxies).",
+        ),
+    ] = "inter-pod",
+    rate: Annotated[
+        str, typer.Option("--rate", help="Messages per second; a comma-separated list sweeps the rates.")
+    ] = "10000",
+    msg_size: Annotated[int, typer.Option("--msg-size", help="Message size in bytes.", min=16, max=65536)] = 64,
+    connections: Annotated[
+        int,
+        typer.Option(
+            "--connections", help="req-resp, grpc-unary: client connections (Istio's bench: 2..64).", min=1, max=64
+        ),
+    ] = 2,
+    repeat: Annotated[int | None, typer.Option("--repeat", help="Interleaved repeats per mode.", min=1)] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="One-second runs, one repeat.")] = False,
+    plaintext: Annotated[bool, typer.Option("--plaintext", help="No mutual TLS between sidecars.")] = False,
+    impair: Annotated[
+        str, typer.Option("--impair", help="Impairments, e.g. loss=1%,rate=20mbit,queue=30ms (tbf and tc drop).")
+    ] = "",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every metric per mode here.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write report.md and plots to this directory.")
+    ] = None,
+    client: Annotated[
+        str,
+        typer.Option(
+            "--client",
+            help="Request/response with real clients instead of a scenario, comma-separated: wrk:cN (closed loop), "
+            "h2load:h1|h2:cN[:rRATE] (RATE: total requests/s; none: closed loop). Modes: baseline, agent-auto, "
+            "agent-throughput (the agent on whole pods with that default class), nagle (forced, unguarded). "
+            "--msg-size is the response size (default 1024 here).",
+        ),
+    ] = "",
+    load_cores: Annotated[
+        int, typer.Option("--load-cores", help="With --client: keep this many cores busy (a loaded node).", min=0)
+    ] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare modes side by side in one run on this machine: segments, delays, CPU, the paper's six metrics.
+
+    Needs root: it creates network namespaces, cgroups, Envoy sidecars and BPF programs, and removes them after.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dapb_mesh.bench.envoy import ENVOY_SCENARIOS, run_envoy
+    from dapb_mesh.bench.modes import validate_modes
+    from dapb_mesh.bench.raw import RAW_SCENARIOS, run_raw
+    from dapb_mesh.testbed.mesh import parse_arch
+
+    settings = load(config)
+    interrupt_on_sigterm()
+    if bool(client) == bool(scenario):
+        raise typer.BadParameter("give either --scenario or --client", param_hint="--scenario/--client")
+    if client:
+        _bench_clients(client, modes, settings, msg_size, repeat, quick, plaintext, load_cores, json_path, report)
+        return
+    if scenario == "agent-tick":  # the control loop's own cost; modes and arch do not apply
+        from dapb_mesh.bench.agent_tick import run_agent_tick
+
+        result = run_agent_tick(settings, progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"))
+        ms = result["tick_cpu_ms"]
+        console.print(
+            f"agent tick with {result['sockets']} sockets: p50 {ms['p50']:.2f} ms CPU, max {ms['max']:.2f} ms; "
+            f"{result['core_share_at_tick_hz'] * 100:.1f}% of one core at {result['tick_hz']:g} Hz"
+        )
+        write_json(json_path, result)
+        return
+    if scenario == "predictor":  # inference cost of the shipped model
+        from dapb_mesh.bench.predictor import run_predictor_bench
+
+        result = run_predictor_bench(settings)
+        console.print(
+            f"predictor: {result['rows']} rows in {result['onnx_batch_ms']['p50']:.2f} ms (ONNX batch, p50; max "
+            f"{result['onnx_batch_ms']['max']:.2f}), {result['with_predictions_ms']['p50']:.2f} ms with decisions"
+        )
+        write_json(json_path, result)
+        return
+    try:
+        mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--modes") from None
+    try:
+        rates = [float(r) for r in rate.split(",") if r.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{rate!r} is not a number or a list of numbers", param_hint="--rate") from None
+    if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
+        raise typer.BadParameter(f"{rate!r}: rates must be positive numbers", param_hint="--rate")
+    if arch != "raw":
+        try:
+            parse_arch(arch)
+        except ValueError as error:
+            raise typer.BadParameter(f"{error} (or raw)", param_hint="--arch") from None
+    known = RAW_SCENARIOS if arch == "raw" else ENVOY_SCENARIOS
+    if scenario not in known:
+        raise typer.BadParameter(
+            f"{scenario!r} for --arch {arch}; choose from {', '.join(known)}", param_hint="--scenario"
+        )
+    from dapb_mesh.testbed.impair import parse as parse_impairment
+
+    try:
+        impairment = parse_impairment(impair)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--impair") from None
+    repeats = repeat or (1 if quick else 3)
+    duration = 1.0 if quick else 2.0
+    results = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
+        task = bar.add_task("starting", total=None)
+        for r in rates:
+            common = {
+                "impairment": impairment,
+                "rate": r,
+                "msg_size": msg_size,
+                "duration_s": duration,
+                "repeats": repeats,
+                "progress": lambda msg, r=r: bar.update(task, description=f"{r:g} msg/s: {msg}"),
+            }
+            if arch == "raw":
+                results[r] = run_raw(scenario, mode_list, settings, **common)
+            else:
+                results[r] = run_envoy(
+                    scenario, mode_list, settings, arch=arch, plaintext=plaintext, connections=connections, **common
+                )
+    result = results[rates[-1]]
+    if len(rates) > 1:
+        result["sweep"] = {f"{r:g}": results[r]["modes"] for r in rates}
+    for r in rates:
+        _print_bench(results[r], f"{r:g} msg/s")
+    if json_path is not None:
+        write_json(json_path, result)
+        console.print(f"wrote {json_path}")
+    if report is not None:
+        from dapb_mesh.bench.report import write_report
+
+        console.print(f"wrote {write_report(result, report)}")
+
+
+def _fmt(fmt: str, value: float | None) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _bench_clients(
+    spec: str,
+    modes: str,
+    settings,
+    msg_size: int,
+    repeat: int | None,
+    quick: bool,
+    plaintext: bool,
+    load_cores: int,
+    json_path: Path | None,
+    report: Path | None,
+) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from dapb_mesh.bench.clients import client_report, parse_client, run_clients, validate_client_modes
+
+    try:
+        loads = [parse_client(s) for s in spec.split(",") if s.strip()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--client") from None
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    if mode_list == ["baseline", "nagle", "dapb"]:  # the scenario default: take the clients' one
+        mode_list = ["baseline", "agent-auto", "agent-throughput"]
+    try:
+        validate_client_modes(mode_list)
+    except ValueError as error:
+        raise typer.BadParameter(f"{error} (with --client)", param_hint="--modes") from None
+    size = 1024 if msg_size == 64 else msg_size  # --msg-size's default is the stream's; requests answer 1 KiB
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
+        task = bar.add_task("starting", total=None)
+        result = run_clients(
+            loads,
+            mode_list,
+            settings,
+            duration_s=2 if quick else 3,
+            repeats=repeat or (1 if quick else 3),
+            size=size,
+            load_cores=load_cores,
+            plaintext=plaintext,
+            progress=lambda msg: bar.update(task, description=msg),
+        )
+    for label, per_mode in result["clients"].items():
+        table = Table(title=f"{label}, {size} B responses, {load_cores} busy core(s)")
+        for title in ("mode", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s", "seg/req", "errors", "no harm"):
+            table.add_column(title, justify="left" if title == "mode" else "right")
+        for mode, m in per_mode.items():
+            verdict = m.get("verdict")
+            table.add_row(
+                mode,
+                *(f"{m[k]:.2f}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")),
+                f"{m['req_per_s']:.0f}",
+                f"{m['segments_per_request']:.2f}",
+                str(m["errors"]),
+                "-" if verdict is None else ("yes" if verdict["ok"] else "NO"),
+            )
+        console.print(table)
+    write_json(json_path, result)
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.md").write_text(client_report(result))
+        console.print(f"wrote {report / 'report.md'}")
+
+
+def _print_bench(result: dict, label: str = "") -> None:
+    table = Table(title=f"{result['scenario']} ({result['arch']}) {label}")
+    columns = {
+        "segments": ("data_segments", "{:.0f}"),
+        "seg/msg": ("segments_per_message", "{:.3f}"),
+        "small": ("small_segments", "{:.0f}"),
+        "lost B": ("lost_bytes", "{:.0f}"),
+        "p50 ms": ("latency_p50_ms", "{:.3f}"),
+        "p99 ms": ("latency_p99_ms", "{:.3f}"),
+        "max ms": ("latency_max_ms", "{:.2f}"),
+        "Mb/s": ("throughput_mbps", "{:.2f}"),
+        "CPU s": ("cpu_seconds", "{:.3f}"),
+        "proxy us/msg": ("proxy_cpu_us_per_message", "{:.1f}"),
+        "eff": ("buffer_efficiency", "{:.2f}"),
+        "+lat ms": ("added_latency_ms", "{:.3f}"),
+        "C_eBPF us": ("ebpf_overhead_us", "{:.3f}"),
+    }
+    if any("rr_latency_p99_ms" in m for m in result["modes"].values()):  # mixed: the requests beside the stream
+        columns["req p99 ms"] = ("rr_latency_p99_ms", "{:.3f}")
+    table.add_column("mode")
+    for title in columns:
+        table.add_column(title, justify="right")
+    for mode, metrics in result["modes"].items():
+        table.add_row(mode, *(_fmt(fmt, metrics.get(key)) for key, fmt in columns.values()))
+    console.print(table)
