@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dapb_mesh.classes import CLASS_NAMES, DECIDED, SENSITIVITY
 from dapb_mesh.config import ConfigError, Settings, load_settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.policy import (
@@ -36,10 +37,6 @@ from dapb_mesh.store import HistoryStore, Outcome
 
 log = logging.getLogger("dapb.agent")
 
-DECIDED = {L.CLASS_DEFAULT: "default", L.CLASS_LATENCY: "latency", L.CLASS_THROUGHPUT: "throughput"}
-"""Classes the agent decides for; the receiver class follows from them (``snapshot``)."""
-CLASS_NAMES = {**DECIDED, L.CLASS_RECEIVER: "receiver"}
-"""Every class telemetry is accounted for."""
 TCP_CLOSE = 7
 IDLE_CONDITIONS = Conditions(rtt_ms=0.0, loss=0.0, jitter_ms=0.0)
 
@@ -251,10 +248,9 @@ class Aggregator:
 
 
 def sensitivity_of(cls: int, settings: Settings) -> Sensitivity:
-    if cls == L.CLASS_LATENCY:
-        return Sensitivity.LATENCY
-    if cls == L.CLASS_THROUGHPUT:
-        return Sensitivity.THROUGHPUT
+    """The sensitivity a class is decided with: its own (latency, throughput), else the configured default."""
+    if cls != L.CLASS_DEFAULT and cls in SENSITIVITY:
+        return Sensitivity(SENSITIVITY[cls])
     return Sensitivity(settings.agent.default_sensitivity)
 
 

@@ -28,6 +28,7 @@ from pydantic import (
 
 # load_settings parses with the strict loader: duplicate keys, aliases, deep nesting and oversized input are refused.
 from dapb_mesh import safe_yaml as yaml
+from dapb_mesh.classes import DSCP_LATENCY, DSCP_THROUGHPUT, INBOUND_PORT, METRICS_PORT, SIDECAR_UID
 
 _SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2}
 _TIME_UNITS_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "ms": 1.0, "s": 1000.0}
@@ -262,13 +263,13 @@ class AgentConfig(_Strict):
     """Rate limit: at most one policy snapshot per this many seconds (kernel state churn is bounded)."""
     default_sensitivity: Literal["latency", "throughput", "auto"] = "auto"
     """Class of sockets no rule names."""
-    throughput: ClassRule = ClassRule(dscp=[10])
+    throughput: ClassRule = ClassRule(dscp=[DSCP_THROUGHPUT])
     """Sockets in the throughput class (AF11 by default)."""
-    latency: ClassRule = ClassRule(dscp=[46])
+    latency: ClassRule = ClassRule(dscp=[DSCP_LATENCY])
     """Sockets in the latency class (EF by default)."""
-    receiver_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [15006]
+    receiver_ports: list[Annotated[int, Field(ge=1, le=65535)]] = [INBOUND_PORT]
     """Ports of accepted sidecar-to-sidecar sockets: they bound their delayed ACK (the receiving half)."""
-    hold_uid: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 1337
+    hold_uid: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = SIDECAR_UID
     """Only sockets owned by this uid may hold (Istio's sidecar runs as 1337; 4294967295: any owner). An
     application's own sockets are never held, whatever their class (docs/kernel.md, "Which sockets DAPB holds")."""
     bounded_peers: list[IPvAnyNetwork] = []
@@ -282,7 +283,7 @@ class AgentConfig(_Strict):
     """History older than this is deleted."""
     retention_rows: Annotated[int, Field(ge=100)] = 1_000_000
     """At most this many decision rows are kept."""
-    listen: str = "127.0.0.1:9464"
+    listen: str = f"127.0.0.1:{METRICS_PORT}"
     """host:port of /metrics (Prometheus), /healthz and /readyz: an IPv4 address or a hostname, port 0..65535."""
     companion_target: str = ""
     """xDS server of the companion (istiod, e.g. istiod.istio-system.svc:15010, or unix:PATH); empty: off."""

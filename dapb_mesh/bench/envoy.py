@@ -3,7 +3,7 @@
 The app streams small messages over HTTP/1.1 to its sidecar; sidecar to sidecar is one HTTP/2 stream over mutual
 TLS (unless plaintext), as in Istio. The outbound cluster marks its sockets with the class's DSCP (as the
 mesh integration's class clusters do); the kernel classifies the sender's socket by that DSCP and the receiving
-sidecar's accepted socket by its inbound port 15006. Segments are counted by tc at the class's DSCP where they
+sidecar's accepted socket by its inbound port (15006). Segments are counted by tc at the class's DSCP where they
 leave the client pod, so app-to-sidecar loopback traffic is not mixed in.
 """
 
@@ -19,6 +19,7 @@ from dapb_mesh.agent import Agent
 from dapb_mesh.bench.metrics import RawRun
 from dapb_mesh.bench.modes import load_model, plan
 from dapb_mesh.bench.runner import impair, run_modes
+from dapb_mesh.classes import DSCP_AUTO, DSCP_THROUGHPUT, INBOUND_PORT, SIDECAR_UID, tos_socket_option
 from dapb_mesh.config import ClassRule, Settings
 from dapb_mesh.kernel import layout as L
 from dapb_mesh.kernel import libbpf
@@ -44,18 +45,16 @@ messages as fast as the client can write them (DAPB must not cost throughput); g
 one client-streaming gRPC call (HTTP/2 end to end); grpc-unary: unary gRPC calls for 1 KiB answers (auto class)."""
 MIXED_RR_RATE = 500  # requests per second beside the stream in `mixed`
 BULK_MSG_SIZE = 16384
-SOL_IP, IP_TOS = 0, 1
 
 
 WASM = Path(__file__).resolve().parents[2] / "wasm_filter" / "dapb_filter.wasm"
 ENVOY_BUFFER_LIMIT_BYTES = 1 << 20  # Envoy's default per_connection_buffer_limit_bytes (the testbed keeps it)
 AGENT_FILTER_CONFIG = "agent-filter-config.json"  # where the bench's agent publishes the filter configuration
-DSCP_AUTO = 18  # AF21 on the default cluster: only so that tc can count auto-class traffic
 
 
 def bench_virtual_service(sensitivity: Sensitivity, host: str = "svc-b") -> dict:
     """A service's routes for the bench: /stream in the scenario's class, everything else auto."""
-    urgency = {Sensitivity.THROUGHPUT: "throughput", Sensitivity.LATENCY: "latency"}.get(sensitivity, "auto")
+    urgency = Sensitivity(sensitivity).value  # latency, throughput and auto are annotation values too
     return {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
@@ -105,11 +104,6 @@ def _rr_run(r: dict) -> RawRun:
     )
 
 
-def tos_option(dscp: int) -> dict:
-    """An Envoy socket option (core.v3.SocketOption) that marks a socket with a DSCP before it connects."""
-    return {"level": SOL_IP, "name": IP_TOS, "int_value": dscp << 2, "state": "STATE_PREBIND"}
-
-
 def run_envoy(
     scenario: str,
     modes: list[str],
@@ -129,7 +123,6 @@ def run_envoy(
     if scenario == "bulk":
         msg_size = max(msg_size, BULK_MSG_SIZE)  # at the given rate, or as fast as the client can write
     cls = L.CLASS_OF[sensitivity]
-    dscp = L.DSCP_THROUGHPUT
     count = int(rate * duration_s)
     conditions = Conditions(rtt_ms=0.1, loss=0.0, jitter_ms=0.02)  # a veth hop through a bridge
     predictor = load_model(settings) if "dapb-ml" in modes else None
@@ -158,13 +151,13 @@ def run_envoy(
         plaintext=plaintext,
         kernel=settings.kernel,
         routes=ec.class_routes(services),
-        upstream_socket_options={**ec.class_socket_options(), "": [tos_option(DSCP_AUTO)]},
+        upstream_socket_options={**ec.class_socket_options(), "": [tos_socket_option(DSCP_AUTO)]},
         upstream_idle_timeout_s=UPSTREAM_IDLE_S,
         pin_cpus=True,
         wasm_filter=WASM,
         wasm_config=filter_config(table, settings, (0, 0)),
     )
-    dscp = L.DSCP_THROUGHPUT if sensitivity is Sensitivity.THROUGHPUT else DSCP_AUTO
+    dscp = DSCP_THROUGHPUT if sensitivity is Sensitivity.THROUGHPUT else DSCP_AUTO
 
     def before_run(p) -> None:
         """Give the filter the mode's hold (B, T) when its enforcer is the filter, none otherwise; in agent mode
@@ -184,8 +177,8 @@ def run_envoy(
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.set_dscp_class(dscp, cls)
-            dp.set_port_class(ec.INBOUND_PORT, L.CLASS_RECEIVER)
-            dp.set_guard(ec.SIDECAR_UID, mesh.pod_networks)  # every pod's sidecar bounds its delayed ACK
+            dp.set_port_class(INBOUND_PORT, L.CLASS_RECEIVER)
+            dp.set_guard(SIDECAR_UID, mesh.pod_networks)  # every pod's sidecar bounds its delayed ACK
             for netns, ifname in mesh.sending_interfaces:  # every hop's segments, counted where they leave
                 dp.attach_tc(ifname, netns=netns)
             netns, ifname = mesh.hop_interface
@@ -243,8 +236,8 @@ def run_envoy(
                         "default_sensitivity": "auto",
                         "min_write_interval_s": 0.0,
                         "throughput": ClassRule(dscp=[dscp]),
-                        "receiver_ports": [ec.INBOUND_PORT],
-                        "hold_uid": ec.SIDECAR_UID,
+                        "receiver_ports": [INBOUND_PORT],
+                        "hold_uid": SIDECAR_UID,
                         "bounded_peers": mesh.pod_networks,
                     }
                 )

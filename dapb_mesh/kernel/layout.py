@@ -1,5 +1,6 @@
 """ctypes mirrors of the structs and constants in bpf/dapb.h (the one definition; tests/test_layout.py proves the
-mirror matches it field by field), and the pure mapping from a policy Decision to a class policy slot."""
+mirror matches it field by field), and the pure mapping from a policy Decision to a class policy slot. The class
+ids and DSCPs come from the class contract (dapb_mesh/classes.py) and are re-exported here with the layout."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ import ctypes
 from ctypes import c_uint32 as u32
 from ctypes import c_uint64 as u64
 
+from dapb_mesh.classes import (
+    CLASS_DEFAULT,
+    CLASS_LATENCY,
+    CLASS_OF_SENSITIVITY,
+    CLASS_RECEIVER,
+    CLASS_THROUGHPUT,
+    DSCP_LATENCY,
+    DSCP_THROUGHPUT,
+    MAX_CLASSES,
+)
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.policy import Decision, Sensitivity
-
-CLASS_DEFAULT = 0
-CLASS_LATENCY = 1
-CLASS_THROUGHPUT = 2
-CLASS_RECEIVER = 3
-MAX_CLASSES = 4
-DSCP_LATENCY = 46
-DSCP_THROUGHPUT = 10
 
 F_NAGLE = 1 << 0
 F_ACK_BOUND = 1 << 1
@@ -41,11 +44,7 @@ MAX_SOCKETS = 65536
 MAX_PORT_RULES = 1024
 MAX_PEER_PREFIXES = 1024
 
-CLASS_OF = {
-    Sensitivity.AUTO: CLASS_DEFAULT,
-    Sensitivity.LATENCY: CLASS_LATENCY,
-    Sensitivity.THROUGHPUT: CLASS_THROUGHPUT,
-}
+CLASS_OF = {Sensitivity(s): cls for s, cls in CLASS_OF_SENSITIVITY.items()}
 
 
 class ClassPolicy(ctypes.Structure):

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 
 from dapb_mesh import __version__
+from dapb_mesh.classes import CLASS_DSCP, CLASS_HEADER, METRICS_PORT, tos_socket_option
 from dapb_mesh.config import PolicyConfig
 from dapb_mesh.mesh import virtualservice
-from dapb_mesh.testbed.envoy_config import CLASS_DSCP, CLASS_HEADER
 
 NAMESPACE = "dapb-system"
 IMAGE = f"ghcr.io/dapb-mesh/dapb-agent:{__version__}"
@@ -67,7 +67,7 @@ def tos_merge(dscp: int) -> dict:
     return {
         "upstream_bind_config": {
             "source_address": {"address": "0.0.0.0", "port_value": 0},
-            "socket_options": [{"level": 0, "name": 1, "int_value": dscp << 2, "state": "STATE_PREBIND"}],
+            "socket_options": [tos_socket_option(dscp)],
         }
     }
 
@@ -174,16 +174,25 @@ def agent_daemonset() -> dict:
                         {
                             "name": "agent",
                             "image": IMAGE,
-                            "args": ["agent", "--cgroup", "/sys/fs/cgroup/kubepods.slice", "--listen", "0.0.0.0:9464"],
-                            "ports": [{"name": "metrics", "containerPort": 9464}],
+                            "args": [
+                                "agent",
+                                "--cgroup",
+                                "/sys/fs/cgroup/kubepods.slice",
+                                "--listen",
+                                f"0.0.0.0:{METRICS_PORT}",
+                            ],
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
                             "securityContext": {
                                 "privileged": False,
                                 "runAsUser": 0,
                                 "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"], "add": ["BPF", "NET_ADMIN", "PERFMON"]},
                             },
-                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9464}},
-                            "livenessProbe": {"httpGet": {"path": "/healthz", "port": 9464}, "periodSeconds": 10},
+                            "readinessProbe": {"httpGet": {"path": "/readyz", "port": METRICS_PORT}},
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": METRICS_PORT},
+                                "periodSeconds": 10,
+                            },
                             "resources": {
                                 "requests": {"cpu": "50m", "memory": "64Mi"},
                                 "limits": {"cpu": "500m", "memory": "256Mi"},

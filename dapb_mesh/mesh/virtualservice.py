@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
+from dapb_mesh.classes import NAMED_URGENCY
 from dapb_mesh.config import PolicyConfig
 
 ANNOTATION_DEFAULT = "dapb.io/urgency"
 ANNOTATION_ROUTES = "dapb.io/route-urgency"
-NAMED = {"latency": 1.0, "throughput": 0.0}
 DEFAULT_URGENCY = PolicyConfig().default_urgency  # "auto": the mesh default, one definition in the policy settings
 
 
@@ -108,8 +108,8 @@ def parse_value(raw: object, default: float) -> float:
         text = raw.strip().lower()
         if text == "auto":
             return default
-        if text in NAMED:
-            return NAMED[text]
+        if text in NAMED_URGENCY:
+            return NAMED_URGENCY[text]
         try:
             raw = float(text)
         except ValueError:

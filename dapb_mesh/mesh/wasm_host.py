@@ -12,6 +12,8 @@ from pathlib import Path
 
 import wasmtime
 
+from dapb_mesh.classes import CLASS_HEADER
+
 OK, NOT_FOUND, BAD_ARGUMENT = 0, 1, 2
 MAP_REQUEST_HEADERS, MAP_REQUEST_TRAILERS, MAP_RESPONSE_HEADERS = 0, 1, 2
 BUFFER_REQUEST_BODY, BUFFER_RESPONSE_BODY, BUFFER_PLUGIN_CONFIGURATION = 0, 1, 7
@@ -335,7 +337,7 @@ def classify(wasm: Path, config: bytes, headers: dict[str, str], route: str | No
         raise HostError(f"the filter rejected its configuration: {host.logs}")
     ctx, stream = host.new_stream({"xds.route_name": route.encode()} if route else {})
     host.request_headers(ctx, headers, end_of_stream=True)
-    cls = stream.request_headers.get("x-dapb-class")
+    cls = stream.request_headers.get(CLASS_HEADER)
     host.finish(ctx)
     return cls, host.logs
 
@@ -379,4 +381,4 @@ def simulate_body(
         first = next(ns for ns, end in arrivals if end > sent)
         releases.append(Release(t / 1e6, len(write), (t - first) / 1e6))
         sent += len(write)
-    return stream.request_headers.get("x-dapb-class"), releases, host.logs
+    return stream.request_headers.get(CLASS_HEADER), releases, host.logs

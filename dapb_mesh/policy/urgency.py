@@ -6,13 +6,24 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from dapb_mesh.classes import DSCP_DEFAULT, DSCP_LATENCY, DSCP_THROUGHPUT
 from dapb_mesh.policy.structured_fields import parse_dictionary
 
-# DSCP code points DAPB uses to carry a class to the kernel (RFC 4594 names). One definition: bpf/dapb.h
-# mirrors these numbers and a test checks they agree.
-DSCP_LATENCY = 46  # EF: send at once
-DSCP_THROUGHPUT = 10  # AF11: coalesce up to B_max
-DSCP_DEFAULT = 0  # best effort: the formula decides
+# The DSCP code points that carry a class to the kernel (EF: send at once, AF11: coalesce up to B_max, best
+# effort: the formula decides) belong to the class contract: dapb_mesh/classes.py mirrors the numbers bpf/dapb.h
+# defines, and tests/test_class_contract.py checks they agree. Re-exported here for the policy.
+__all__ = [
+    "DSCP_DEFAULT",
+    "DSCP_LATENCY",
+    "DSCP_THROUGHPUT",
+    "Priority",
+    "clamp_urgency",
+    "dscp_urgency",
+    "mean_urgency",
+    "parse_priority",
+    "priority_urgency",
+    "should_flush",
+]
 
 # Urgency implied by well-known DSCP values when traffic arrives already marked.
 _DSCP_URGENCY = {

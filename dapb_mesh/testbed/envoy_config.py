@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-OUTBOUND_PORT = 15001
-INBOUND_PORT = 15006
+from dapb_mesh.classes import CLASS_DSCP, CLASS_HEADER, INBOUND_PORT, OUTBOUND_PORT, tos_socket_option
+from dapb_mesh.classes import SIDECAR_UID as SIDECAR_UID  # re-exported: the testbed's sidecars run as Istio's do
+
 GRPC_PORT = 9090  # the apps' gRPC port: a second port of every service (HTTP/2 to the app, as Istio's grpc-*)
 ADMIN_PORT = 15000
-SIDECAR_UID = 1337
 NAMESPACE = "default"
 DOMAIN = "svc.cluster.local"
 
@@ -386,10 +386,6 @@ def bootstrap(spec: SidecarSpec, xds_socket: Path) -> dict:
     }
 
 
-CLASS_HEADER = "x-dapb-class"
-CLASS_DSCP = {"latency": 46, "throughput": 10}  # EF, AF11: the DSCPs the kernel classifies by
-
-
 def class_routes(virtual_services: list[dict]) -> list[RouteSpec]:
     """Routes from VirtualServices as istiod would build them, each with a variant per DAPB class placed first:
     the variant matches the x-dapb-class header the Wasm filter sets and goes to the class's cluster."""
@@ -421,8 +417,5 @@ def class_routes(virtual_services: list[dict]) -> list[RouteSpec]:
 
 
 def class_socket_options() -> dict[str, list[dict]]:
-    """IP_TOS per class cluster (SOL_IP = 0, IP_TOS = 1, the DSCP in the upper six bits), set before connect."""
-    return {
-        f"~{cls}": [{"level": 0, "name": 1, "int_value": dscp << 2, "state": "STATE_PREBIND"}]
-        for cls, dscp in CLASS_DSCP.items()
-    }
+    """IP_TOS per class cluster, set before connect: the DSCPs the kernel classifies by."""
+    return {f"~{cls}": [tos_socket_option(dscp)] for cls, dscp in CLASS_DSCP.items()}
