@@ -124,7 +124,7 @@ def check_clsact() -> Check:
     """Create a clsact qdisc in a throw-away network namespace (nothing on the host is touched)."""
     from pyroute2 import NetNS
 
-    from dapb_mesh.testbed.netns import create_netns, remove_netns
+    from dapb_mesh.kernel.netns import create_netns, remove_netns
 
     name = f"dapb-doctor-{uuid.uuid4().hex[:8]}"
     create_netns(name)

@@ -452,7 +452,7 @@ def probe_knobs(kernel: KernelConfig | None = None) -> str:
     import uuid
 
     from dapb_mesh.kernel.layout import CLASS_THROUGHPUT, F_ACK_BOUND, F_ACK_RTO_MIN, F_NAGLE, MIN_ACK_BOUND_US
-    from dapb_mesh.testbed.netns import scratch_pod
+    from dapb_mesh.kernel.netns import scratch_pod
 
     kernel = kernel or KernelConfig()
     flags = F_NAGLE | F_ACK_BOUND | (F_ACK_RTO_MIN if kernel.ack_bound == "rto_min" else 0)

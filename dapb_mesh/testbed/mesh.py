@@ -25,18 +25,10 @@ from pathlib import Path
 
 from dapb_mesh import owners
 from dapb_mesh.config import KernelConfig
+from dapb_mesh.kernel.netns import PREFIX, Pod, create_netns, remove_cgroup, remove_netns
 from dapb_mesh.testbed import envoy_config as ec
 from dapb_mesh.testbed.control_plane import ControlPlane, Snapshot
-from dapb_mesh.testbed.netns import (
-    PREFIX,
-    Pod,
-    _remove_cgroup,
-    cleanup_stale,
-    create_netns,
-    link_index,
-    move_link,
-    remove_netns,
-)
+from dapb_mesh.testbed.netns import cleanup_stale, link_index, move_link
 from dapb_mesh.testbed.pki import TestbedCA
 
 ARCHS = ("inter-pod", "intra-pod", "chain:N", "fan-out:N")
@@ -458,7 +450,7 @@ class Mesh:
         for pod in self.pods:
             with suppress(Exception):
                 remove_netns(pod.netns)
-            _remove_cgroup(pod.cgroup)
+            remove_cgroup(pod.cgroup)
         with suppress(Exception):
             remove_netns(self.bridge_ns)
         self.pods.clear()
