@@ -123,7 +123,7 @@ def test_agent_with_a_corrupt_model_decides_by_formula(tmp_path):
 
 
 def test_quick_collection_on_the_real_hop_learns_to_hold_at_10k(tmp_path):
-    from dapb_mesh.predictor.collect import QUICK_GRID, collect
+    from dapb_mesh.bench.collect import QUICK_GRID, collect
     from dapb_mesh.store import HistoryStore
 
     store = HistoryStore(tmp_path / "t.db")

@@ -1,5 +1,7 @@
 """`dapb train collect`: measure every candidate decision in a grid of contexts on the raw hop, into the store.
 
+A measurement in the lab (two pods of the testbed), so it lives with the bench; the predictor only reads its rows.
+
 A context is an offered load (message rate x size) and a loss rate. In each, the hop runs once without DAPB (its
 p99 is the reference for added delay) and once per candidate: no hold, or Nagle with a delayed-ACK bound
 requested at each of CANDIDATE_TIMEOUTS_MS. Loss is injected on the receiver's ingress by the tc program.
