@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import grpc
 
+from dapb_mesh.testbed.paced_load import paced_requests
 from dapb_mesh.testbed.tcpwork import HEADER, MessageReader, wait_until
 
 SERVICE = "dapb.Bench"
@@ -92,8 +93,7 @@ def unary(
     host: str, port: int, rate: float, count: int, size: int, connections: int, authority: str, timeout_s: float
 ) -> dict:
     """Unary calls for ``size``-byte answers, each connection its own channel (HTTP/2 connection); reported as
-    the HTTP request/response load is (apps.paced_requests)."""
-    from dapb_mesh.testbed.apps import paced_requests
+    the HTTP request/response load is (paced_load.paced_requests)."""
 
     @contextmanager
     def connection():

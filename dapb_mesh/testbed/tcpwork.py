@@ -74,7 +74,7 @@ def _message(seq: int, size: int) -> bytes:
 HIST_EDGES_US = [2**k for k in range(0, 21)]  # 1 us .. ~1 s, log2 bins: enough for CDF plots
 
 
-def _percentiles(values: list[float]) -> dict:
+def delay_summary(values: list[float]) -> dict:
     """p50/p99/max/mean of delays in ms, plus a log2 histogram in microseconds for CDF plots."""
     if not values:
         return {"p50": 0.0, "p99": 0.0, "max": 0.0, "mean": 0.0, "hist_us": [0] * (len(HIST_EDGES_US) + 1)}
@@ -167,7 +167,7 @@ class MessageReader:
             "messages": len(self.delays_ms),
             "partial_bytes": len(self.buf),
             "in_order": self.in_order,
-            "delay_ms": _percentiles(self.delays_ms),
+            "delay_ms": delay_summary(self.delays_ms),
         }
 
 
@@ -245,7 +245,7 @@ def run_client(args: argparse.Namespace) -> dict:
             stalls.append((time.monotonic_ns() - t) / 1e6)
             if args.gap_ms:
                 time.sleep(args.gap_ms / 1000)
-        result["exchange_ms"] = _percentiles(stalls)
+        result["exchange_ms"] = delay_summary(stalls)
     elif args.mode == "pingpong":
         rtts: list[float] = []
         for seq in range(args.count):
@@ -255,7 +255,7 @@ def run_client(args: argparse.Namespace) -> dict:
             if len(_recv_exact(sock, args.size)) < args.size:
                 raise RuntimeError("server closed during ping-pong")
             rtts.append((time.monotonic_ns() - t) / 1e3)
-        ms = _percentiles([r / 1000 for r in rtts])
+        ms = delay_summary([r / 1000 for r in rtts])
         result["rtt_ms"] = ms
         result["rtt_us"] = {k: ms[k] * 1000 for k in ("p50", "p99", "max", "mean")}
         if args.samples:
