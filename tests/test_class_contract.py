@@ -5,6 +5,7 @@ its DSCP and header from it."""
 import re
 import subprocess
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -48,6 +49,8 @@ def test_class_ids_and_dscps_are_the_kernels(dapb_h):
 
 def test_every_class_has_one_name_and_the_decided_ones_a_sensitivity():
     assert set(classes.SENSITIVITY.values()) == {s.value for s in Sensitivity}
+    configurable = AgentConfig.model_fields["default_sensitivity"].annotation
+    assert set(get_args(configurable)) == set(classes.SENSITIVITY.values())
     assert set(classes.DECIDED) == set(classes.CLASS_NAMES) - {classes.CLASS_RECEIVER}
     assert {Sensitivity(s): cls for cls, s in classes.SENSITIVITY.items()} == layout.CLASS_OF
     settings = Settings()
