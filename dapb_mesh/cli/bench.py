@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from dapb_mesh.cli.common import ConfigOption, console, err_console, interrupt_on_sigterm, load, write_json
+from dapb_mesh.bench.options import BenchOptionError, ClientRun, client_run, scenario_run
+from dapb_mesh.cli.common import (
+    ConfigOption,
+    console,
+    err_console,
+    interrupt_on_sigterm,
+    load,
+    output_dir,
+    output_file,
+    write_json,
+)
+from dapb_mesh.config import Settings
 
 
 def bench(
@@ -75,17 +85,27 @@ def bench(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dapb_mesh.bench.envoy import ENVOY_SCENARIOS, run_envoy
-    from dapb_mesh.bench.modes import validate_modes
-    from dapb_mesh.bench.raw import RAW_SCENARIOS, run_raw
-    from dapb_mesh.testbed.mesh import parse_arch
+    from dapb_mesh.bench.envoy import run_envoy
+    from dapb_mesh.bench.raw import run_raw
 
     settings = load(config)
     interrupt_on_sigterm()
     if bool(client) == bool(scenario):
         raise typer.BadParameter("give either --scenario or --client", param_hint="--scenario/--client")
+    output_file(json_path, "--json")
+    output_dir(report, "--report")
     if client:
-        _bench_clients(client, modes, settings, msg_size, repeat, quick, plaintext, load_cores, json_path, report)
+        _bench_clients(
+            _checked(client_run, client, modes),
+            settings,
+            msg_size,
+            repeat,
+            quick,
+            plaintext,
+            load_cores,
+            json_path,
+            report,
+        )
         return
     if scenario == "agent-tick":  # the control loop's own cost; modes and arch do not apply
         from dapb_mesh.bench.agent_tick import run_agent_tick
@@ -108,40 +128,15 @@ def bench(
         )
         write_json(json_path, result)
         return
-    try:
-        mode_list = validate_modes([m.strip() for m in modes.split(",") if m.strip()])
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--modes") from None
-    try:
-        rates = [float(r) for r in rate.split(",") if r.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"{rate!r} is not a number or a list of numbers", param_hint="--rate") from None
-    if not rates or any(not (math.isfinite(r) and r > 0) for r in rates):
-        raise typer.BadParameter(f"{rate!r}: rates must be positive numbers", param_hint="--rate")
-    if arch != "raw":
-        try:
-            parse_arch(arch)
-        except ValueError as error:
-            raise typer.BadParameter(f"{error} (or raw)", param_hint="--arch") from None
-    known = RAW_SCENARIOS if arch == "raw" else ENVOY_SCENARIOS
-    if scenario not in known:
-        raise typer.BadParameter(
-            f"{scenario!r} for --arch {arch}; choose from {', '.join(known)}", param_hint="--scenario"
-        )
-    from dapb_mesh.testbed.impair import parse as parse_impairment
-
-    try:
-        impairment = parse_impairment(impair)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--impair") from None
+    run = _checked(scenario_run, scenario, modes, arch, rate, impair)
     repeats = repeat or (1 if quick else 3)
     duration = 1.0 if quick else 2.0
     results = {}
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("starting", total=None)
-        for r in rates:
+        for r in run.rates:
             common = {
-                "impairment": impairment,
+                "impairment": run.impairment,
                 "rate": r,
                 "msg_size": msg_size,
                 "duration_s": duration,
@@ -149,15 +144,15 @@ def bench(
                 "progress": lambda msg, r=r: bar.update(task, description=f"{r:g} msg/s: {msg}"),
             }
             if arch == "raw":
-                results[r] = run_raw(scenario, mode_list, settings, **common)
+                results[r] = run_raw(scenario, run.modes, settings, **common)
             else:
                 results[r] = run_envoy(
-                    scenario, mode_list, settings, arch=arch, plaintext=plaintext, connections=connections, **common
+                    scenario, run.modes, settings, arch=arch, plaintext=plaintext, connections=connections, **common
                 )
-    result = results[rates[-1]]
-    if len(rates) > 1:
-        result["sweep"] = {f"{r:g}": results[r]["modes"] for r in rates}
-    for r in rates:
+    result = results[run.rates[-1]]
+    if len(run.rates) > 1:
+        result["sweep"] = {f"{r:g}": results[r]["modes"] for r in run.rates}
+    for r in run.rates:
         _print_bench(results[r], f"{r:g} msg/s")
     if json_path is not None:
         write_json(json_path, result)
@@ -168,14 +163,21 @@ def bench(
         console.print(f"wrote {write_report(result, report)}")
 
 
+def _checked(check, *options: str):
+    """The bench's own check of its options (dapb_mesh.bench.options); a bad one is a usage error naming it."""
+    try:
+        return check(*options)
+    except BenchOptionError as error:
+        raise typer.BadParameter(str(error), param_hint=error.option) from None
+
+
 def _fmt(fmt: str, value: float | None) -> str:
     return "-" if value is None else fmt.format(value)
 
 
 def _bench_clients(
-    spec: str,
-    modes: str,
-    settings,
+    run: ClientRun,
+    settings: Settings,
     msg_size: int,
     repeat: int | None,
     quick: bool,
@@ -186,25 +188,14 @@ def _bench_clients(
 ) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dapb_mesh.bench.clients import client_report, parse_client, run_clients, validate_client_modes
+    from dapb_mesh.bench.clients import client_report, run_clients
 
-    try:
-        loads = [parse_client(s) for s in spec.split(",") if s.strip()]
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--client") from None
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    if mode_list == ["baseline", "nagle", "dapb"]:  # the scenario default: take the clients' one
-        mode_list = ["baseline", "agent-auto", "agent-throughput"]
-    try:
-        validate_client_modes(mode_list)
-    except ValueError as error:
-        raise typer.BadParameter(f"{error} (with --client)", param_hint="--modes") from None
     size = 1024 if msg_size == 64 else msg_size  # --msg-size's default is the stream's; requests answer 1 KiB
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
         task = bar.add_task("starting", total=None)
         result = run_clients(
-            loads,
-            mode_list,
+            run.loads,
+            run.modes,
             settings,
             duration_s=2 if quick else 3,
             repeats=repeat or (1 if quick else 3),

@@ -1,5 +1,5 @@
-"""What every command group shares: the consoles, the --config option, loading settings, checks of numbers, JSON
-results, and SIGTERM as Ctrl-C."""
+"""What every command group shares: the consoles, the --config option, loading settings, checks of numbers and of
+output paths, JSON results, and SIGTERM as Ctrl-C."""
 
 from __future__ import annotations
 
@@ -57,10 +57,37 @@ def finite(name: str, lower: float, upper: float = math.inf):
     return check
 
 
+def output_file(path: Path | None, option: str) -> None:
+    """Check before any work is done that a result can be written to ``path``: its directory exists (it is made
+    now) and the path is not a directory. BadParameter names the option, the path and why."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory, not a file", param_hint=option)
+    output_dir(path.parent, option)
+
+
+def output_dir(path: Path | None, option: str) -> None:
+    """Make the directory ``path`` (and its parents) now; BadParameter names the option, the path and why."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise typer.BadParameter(f"{path} exists and is not a directory", param_hint=option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = error.filename if error.filename is not None else path
+        raise typer.BadParameter(f"cannot create {where}: {error.strerror or error}", param_hint=option) from None
+
+
 def write_json(path: Path | None, result: dict) -> None:
-    if path is not None:
+    if path is None:
+        return
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2))
+    except OSError as error:
+        fail(f"cannot write {path}", error.strerror or error, code=1)
 
 
 def interrupt_on_sigterm() -> None:
