@@ -1,5 +1,5 @@
 """`python -m dapb_mesh.cli`: the `dapb` command line."""
 
-from dapb_mesh.cli import app
+from dapb_mesh.cli import main
 
-app()
+main()
