@@ -177,12 +177,12 @@ def test_streams_of_a_root_whose_timer_stopped_are_released_by_the_new_roots_tic
     assert h.tick_period_ms == 0  # nothing held and no configuration that holds: the timer stops
 
 
-def test_a_rejected_reconfiguration_holds_nothing_new():
-    h = host()
-    _root, ok = h.reconfigure(b'{"hold_bytes": 100, "hold_ms": 0}')
-    assert not ok
+def test_a_reconfiguration_with_an_unbounded_hold_keeps_the_hold_in_force():
+    h = host(hold_bytes=10_000, hold_ms=10)
+    _root, ok = h.reconfigure(b'{"hold_bytes": 100, "hold_ms": 0, "route:telemetry": 0}')
+    assert ok and [(r.key, r.code) for r in h.refused] == [("hold_bytes", "unbounded_hold")]
     ctx, _s = open_stream(h)
-    assert h.request_body(ctx, b"x" * 10) == ACTION_CONTINUE
+    assert h.request_body(ctx, b"x" * 100) == HELD  # B is still 10,000, not 100
 
 
 def test_end_of_stream_releases_everything_in_order():
@@ -203,7 +203,10 @@ def test_latency_and_auto_streams_pass_untouched():
 
 
 def test_a_hold_needs_a_time_bound_and_zero_turns_it_off():
-    assert not ProxyWasmHost(WASM, b'{"hold_bytes": 100, "hold_ms": 0}').configure()
+    first = ProxyWasmHost(WASM, b'{"hold_bytes": 100, "hold_ms": 0, "route:telemetry": 0}')
+    assert first.configure() and [r.code for r in first.refused] == ["unbounded_hold"]
+    ctx, _s = open_stream(first)
+    assert first.request_body(ctx, b"x") == ACTION_CONTINUE  # refused: no hold
     h = host(hold_bytes=0, hold_ms=0)
     ctx, _s = open_stream(h)
     assert h.request_body(ctx, b"x") == ACTION_CONTINUE and h.tick_period_ms == 0

@@ -111,11 +111,13 @@ def test_filter_classes_by_route_header_and_default():
     assert classify(WASM, cfg, {"x-dapb-class": "latency"}, "unknown")[0] is None  # clients cannot pick a class
 
 
-def test_bad_plugin_configuration_is_rejected_by_the_filter():
-    host = ProxyWasmHost(WASM, b'{"u_threshold": 7}')
-    assert host.configure() is False and ("warn", "dapb: configuration rejected") in host.logs
-    with pytest.raises(HostError, match="rejected its configuration"):
-        classify(WASM, b'{"route:x": "fast"}', {}, "x")
+def test_a_bad_plugin_configuration_entry_is_refused_alone_and_unreadable_text_named():
+    """The contract in full: tests/test_filter_contract.py."""
+    host = ProxyWasmHost(WASM, b'{"u_threshold": 7, "route:x": 0.9}')
+    assert host.configure() and [(r.key, r.code) for r in host.refused] == [("u_threshold", "out_of_range")]
+    assert classify(WASM, b'{"route:x": "fast", "route:y": 0.9}', {}, "y")[0] == "latency"
+    with pytest.raises(HostError, match="rejected its configuration: not a JSON object"):
+        classify(WASM, b"[1]", {}, "x")
 
 
 def test_many_requests_do_not_grow_filter_memory():

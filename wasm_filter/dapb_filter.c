@@ -57,6 +57,24 @@ WASM_IMPORT(proxy_get_current_time_nanoseconds) int32_t proxy_get_current_time_n
 WASM_IMPORT(proxy_set_effective_context) int32_t proxy_set_effective_context(uint32_t ctx);
 WASM_IMPORT(proxy_continue_stream) int32_t proxy_continue_stream(int32_t stream);
 
+// The compiler calls these for struct copies and initialisers; there is no libc to give them.
+void *memcpy(void *dst, const void *src, size_t n)
+{
+	char *d = dst;
+	const char *s = src;
+	while (n--)
+		*d++ = *s++;
+	return dst;
+}
+
+void *memset(void *dst, int c, size_t n)
+{
+	char *d = dst;
+	while (n--)
+		*d++ = (char)c;
+	return dst;
+}
+
 // ---- memory: size-class free lists for blocks up to 4 KiB, and whole-page runs for larger ones, all over pages
 // taken with memory.grow (host buffers come through here). Every block goes back where it came from when freed.
 #define CLASSES 8
@@ -201,39 +219,23 @@ static size_t c_len(const char *s)
 
 static void log_str(int level, const char *s) { proxy_log(level, s, c_len(s)); }
 
-// Parse a decimal number in [0, 1000] with up to 3 decimals into thousandths; -1 if malformed.
-static int parse_milli(const char *s, size_t n)
-{
-	int whole = 0, frac = 0, digits = 0, seen_dot = 0;
-	if (n == 0)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		char ch = s[i];
-		if (ch == '.' && !seen_dot) {
-			seen_dot = 1;
-		} else if (ch >= '0' && ch <= '9') {
-			if (!seen_dot) {
-				whole = whole * 10 + (ch - '0');
-				if (whole > 1000)
-					return -1;
-			} else if (digits < 3) {
-				frac = frac * 10 + (ch - '0');
-				digits++;
-			}
-		} else {
-			return -1;
-		}
-	}
-	while (digits++ < 3)
-		frac *= 10;
-	return whole * 1000 + frac;
-}
-
-// ---- configuration, one per root context ----
+// ---- configuration: the contract with the agent ----
+// One flat JSON object (RFC 8259). dapb_mesh/mesh/filter_config.py mirrors every limit below (a test reads these
+// #defines). An entry the filter cannot take is refused alone, its key, a short code and the reason logged
+// ("dapb: refused \"KEY\" (CODE): REASON"), and the rest applies; a refused scalar keeps the value of the
+// configuration in force before (the defaults for the first one); a key left out takes its default. Only text
+// that cannot be read as a JSON object at all is rejected whole, and then the configuration in force stays.
+// proxy_on_configure never fails: Envoy would fail the plugin, and with it (FAIL_CLOSE) every request.
+#define CONFIG_VERSION 1 // "version": the contract this filter reads
 #define MAX_ROOTS 4
-#define MAX_ROUTES 64
-#define MAX_NAME 96
-#define MAX_PREFIX 16
+#define MAX_ROUTES 64 // "route:<name>" entries; more are refused
+#define MAX_NAME 96 // bytes of a route name (UTF-8, after JSON escapes)
+#define MAX_PREFIX 16 // bytes of urgent_prefix (after JSON escapes)
+#define MAX_UINT 16777215 // hold_bytes and buffer_limit_bytes (a larger buffer limit is clamped to it)
+#define MAX_HOLD_MS 60000
+#define LOG_KEY_BYTES 60 // of a refused key as written in the JSON, in its log line
+#define STR_(x) #x
+#define STR(x) STR_(x)
 struct route_urgency {
 	char name[MAX_NAME];
 	size_t len;
@@ -248,6 +250,508 @@ struct plugin {
 	char urgent_prefix[MAX_PREFIX];
 	size_t urgent_len;
 };
+
+static void plugin_defaults(struct plugin *p, uint32_t root)
+{
+	p->root = root;
+	p->n_routes = 0;
+	p->u_threshold = 500;
+	p->throughput_below = 300;
+	p->default_urgency = 400;
+	p->hold_bytes = p->hold_ms = p->buffer_limit_bytes = 0;
+	p->urgent_len = 0;
+}
+
+// A log line built in place (no libc).
+struct line {
+	char s[256];
+	size_t n;
+};
+static void put(struct line *l, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n && l->n < sizeof l->s; i++)
+		l->s[l->n++] = s[i];
+}
+static void put_str(struct line *l, const char *s) { put(l, s, c_len(s)); }
+static void put_uint(struct line *l, uint64_t v)
+{
+	char d[20];
+	int k = 0;
+	do
+		d[k++] = (char)('0' + v % 10);
+	while (v /= 10);
+	while (k)
+		put(l, &d[--k], 1);
+}
+
+static int refusals; // entries refused by the configuration being read
+
+static void refuse(const char *key, size_t key_len, const char *code, const char *reason)
+{
+	struct line l = {.n = 0};
+	put_str(&l, "dapb: refused \"");
+	put(&l, key, key_len < LOG_KEY_BYTES ? key_len : LOG_KEY_BYTES);
+	if (key_len > LOG_KEY_BYTES)
+		put_str(&l, "...");
+	put_str(&l, "\" (");
+	put_str(&l, code);
+	put_str(&l, "): ");
+	put_str(&l, reason);
+	proxy_log(LOG_WARN, l.s, l.n);
+	refusals++;
+}
+
+// ---- a JSON reader: a cursor over the text; no allocation ----
+struct json {
+	const char *s;
+	size_t n, i;
+};
+static int j_peek(const struct json *j) { return j->i < j->n ? (unsigned char)j->s[j->i] : -1; }
+static int j_digit(int c) { return c >= '0' && c <= '9'; }
+static void j_space(struct json *j)
+{
+	while (j_peek(j) == ' ' || j_peek(j) == '\t' || j_peek(j) == '\n' || j_peek(j) == '\r')
+		j->i++;
+}
+
+static int j_hex4(struct json *j, uint32_t *v)
+{
+	*v = 0;
+	for (int k = 0; k < 4; k++, j->i++) {
+		int c = j_peek(j);
+		int d = j_digit(c) ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		if (d < 0)
+			return 0;
+		*v = *v * 16 + (uint32_t)d;
+	}
+	return 1;
+}
+
+enum { STR_OK, STR_BAD, STR_UNTERMINATED };
+// The string at the cursor (on its opening quote), decoded to UTF-8 into out[0..cap) when out is given; *len is
+// its decoded length, also past cap. STR_BAD: an escape JSON does not have, a lone surrogate or a raw control
+// character (the string is still read to its end); STR_UNTERMINATED: no closing quote.
+static int j_string(struct json *j, char *out, size_t cap, size_t *len)
+{
+	int bad = 0;
+	*len = 0;
+	j->i++;
+	for (;;) {
+		int c = j_peek(j);
+		if (c < 0)
+			return STR_UNTERMINATED;
+		j->i++;
+		if (c == '"')
+			return bad ? STR_BAD : STR_OK;
+		uint32_t cp = (uint32_t)c; // a raw byte, or (escaped) a code point
+		int escaped = 0;
+		if (c < 0x20) {
+			bad = 1;
+		} else if (c == '\\') {
+			static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+			int e = j_peek(j), k = 0;
+			if (e < 0)
+				return STR_UNTERMINATED;
+			j->i++;
+			while (from[k] && from[k] != e)
+				k++;
+			if (from[k]) {
+				cp = (unsigned char)to[k];
+			} else if (e == 'u' && j_hex4(j, &cp)) {
+				escaped = 1;
+				uint32_t low;
+				if (cp >= 0xdc00 && cp <= 0xdfff) {
+					bad = 1; // a low surrogate alone
+				} else if (cp >= 0xd800 && cp <= 0xdbff) {
+					if (j_peek(j) == '\\' && j->i + 1 < j->n && j->s[j->i + 1] == 'u' && (j->i += 2, j_hex4(j, &low)) &&
+					    low >= 0xdc00 && low <= 0xdfff)
+						cp = 0x10000 + ((cp - 0xd800) << 10) + (low - 0xdc00);
+					else
+						bad = 1; // a high surrogate without its low half
+				}
+			} else {
+				bad = 1;
+			}
+		}
+		char b[4];
+		size_t nb = 1;
+		if (!escaped || cp < 0x80) {
+			b[0] = (char)cp;
+		} else if (cp < 0x800) {
+			b[0] = (char)(0xc0 | cp >> 6), b[1] = (char)(0x80 | (cp & 0x3f)), nb = 2;
+		} else if (cp < 0x10000) {
+			b[0] = (char)(0xe0 | cp >> 12), b[1] = (char)(0x80 | (cp >> 6 & 0x3f)), b[2] = (char)(0x80 | (cp & 0x3f));
+			nb = 3;
+		} else {
+			b[0] = (char)(0xf0 | cp >> 18), b[1] = (char)(0x80 | (cp >> 12 & 0x3f));
+			b[2] = (char)(0x80 | (cp >> 6 & 0x3f)), b[3] = (char)(0x80 | (cp & 0x3f)), nb = 4;
+		}
+		for (size_t k = 0; k < nb; k++, (*len)++)
+			if (out && *len < cap)
+				out[*len] = b[k];
+	}
+}
+
+// A number as read: mant * 10^exp (17 significant digits kept; lost: a non-zero digit past them).
+struct number {
+	int neg, lost;
+	uint64_t mant;
+	long long exp;
+};
+
+static size_t j_digits(struct json *j, struct number *x, int fraction)
+{
+	size_t count = 0;
+	for (; j_digit(j_peek(j)); j->i++, count++) {
+		int d = j_peek(j) - '0';
+		if (x->mant < 10000000000000000ULL) {
+			x->mant = x->mant * 10 + (uint64_t)d;
+			x->exp -= fraction;
+		} else {
+			x->exp += !fraction;
+			x->lost |= d != 0;
+		}
+	}
+	return count;
+}
+
+// A JSON number at the cursor, in every form RFC 8259 allows: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+static int j_number(struct json *j, struct number *x)
+{
+	*x = (struct number){0};
+	if (j_peek(j) == '-')
+		x->neg = 1, j->i++;
+	if (j_peek(j) == '0') {
+		j->i++;
+		if (j_digit(j_peek(j)))
+			return 0; // no leading zeros
+	} else if (!j_digits(j, x, 0)) {
+		return 0;
+	}
+	if (j_peek(j) == '.' && (j->i++, !j_digits(j, x, 1)))
+		return 0;
+	if (j_peek(j) == 'e' || j_peek(j) == 'E') {
+		j->i++;
+		int sign = j_peek(j) == '-' ? -1 : 1;
+		if (j_peek(j) == '-' || j_peek(j) == '+')
+			j->i++;
+		long long e = 0;
+		if (!j_digit(j_peek(j)))
+			return 0;
+		for (; j_digit(j_peek(j)); j->i++)
+			if (e < 1000000)
+				e = e * 10 + (j_peek(j) - '0');
+		x->exp += sign * e;
+	}
+	return 1;
+}
+
+// x * 10^shift rounded half up to an integer, if it is at most limit. *exact: nothing was rounded away.
+static int scaled(const struct number *x, int shift, uint64_t limit, uint64_t *out, int *exact)
+{
+	uint64_t m = x->mant;
+	long long e = x->exp + shift;
+	int decides = 0; // the most significant digit dropped
+	*exact = !x->lost;
+	if (!m) {
+		*out = 0;
+		return 1;
+	}
+	for (; e > 0; e--) {
+		if (m > limit / 10)
+			return 0;
+		m *= 10;
+	}
+	for (; e < 0 && m; e++) {
+		decides = (int)(m % 10);
+		if (decides)
+			*exact = 0;
+		m /= 10;
+	}
+	if (e < 0)
+		decides = 0; // the digits left were all dropped; the one that decides is a zero further down
+	m += decides >= 5;
+	if (m > limit)
+		return 0;
+	*out = m;
+	return 1;
+}
+
+// Skip one JSON value of any kind (nested up to 32 deep); 0 if the text there is not one.
+static int j_skip(struct json *j, int depth)
+{
+	int c = j_peek(j);
+	size_t len;
+	struct number ignored;
+	if (c == '"')
+		return j_string(j, NULL, 0, &len) != STR_UNTERMINATED;
+	if (c == '-' || j_digit(c))
+		return j_number(j, &ignored);
+	if (c == '{' || c == '[') {
+		int close = c == '{' ? '}' : ']';
+		if (depth >= 32)
+			return 0;
+		j->i++;
+		j_space(j);
+		if (j_peek(j) == close)
+			return j->i++, 1;
+		for (;;) {
+			j_space(j);
+			if (c == '{') {
+				if (j_peek(j) != '"' || j_string(j, NULL, 0, &len) == STR_UNTERMINATED)
+					return 0;
+				j_space(j);
+				if (j_peek(j) != ':')
+					return 0;
+				j->i++;
+				j_space(j);
+			}
+			if (!j_skip(j, depth + 1))
+				return 0;
+			j_space(j);
+			if (j_peek(j) == close)
+				return j->i++, 1;
+			if (j_peek(j) != ',')
+				return 0;
+			j->i++;
+		}
+	}
+	static const char *const literals[] = {"true", "false", "null"};
+	for (int k = 0; k < 3; k++) {
+		size_t n = c_len(literals[k]);
+		if (j->n - j->i >= n && str_eq(j->s + j->i, n, literals[k], n))
+			return j->i += n, 1;
+	}
+	return 0;
+}
+
+// From a value that is not JSON to the ',' or '}' that ends its entry (strings and brackets stepped over);
+// 0 if there is none.
+static int j_recover(struct json *j)
+{
+	int depth = 0;
+	size_t len;
+	for (int c = j_peek(j); c >= 0; c = j_peek(j)) {
+		if (c == '"') {
+			if (j_string(j, NULL, 0, &len) == STR_UNTERMINATED)
+				return 0;
+			continue;
+		}
+		if (depth == 0 && (c == ',' || c == '}'))
+			return 1;
+		depth += (c == '{' || c == '[') - (c == '}' || c == ']');
+		j->i++;
+	}
+	return 0;
+}
+
+enum { VALUE_NUMBER, VALUE_STRING, VALUE_OTHER, VALUE_NOT_JSON };
+struct value {
+	int kind, str; // str: STR_OK or STR_BAD for a string
+	struct number num;
+	size_t at, str_len; // where it starts; a string's decoded length
+};
+
+// One entry's value; 0 if it is not JSON (or not followed by ',' or '}').
+static int j_value(struct json *j, struct value *v)
+{
+	int c = j_peek(j), ok;
+	v->at = j->i;
+	if (c == '"') {
+		v->kind = VALUE_STRING;
+		v->str = j_string(j, NULL, 0, &v->str_len);
+		ok = v->str != STR_UNTERMINATED;
+	} else if (c == '-' || j_digit(c)) {
+		v->kind = VALUE_NUMBER;
+		ok = j_number(j, &v->num);
+	} else {
+		v->kind = VALUE_OTHER;
+		ok = j_skip(j, 0);
+	}
+	j_space(j);
+	return ok && (j_peek(j) == ',' || j_peek(j) == '}');
+}
+
+// A number in [0, 1] as thousandths (rounded half up); otherwise the code, and *why.
+static const char *as_milli(const struct value *v, int *out, const char **why)
+{
+	uint64_t m;
+	int exact;
+	if (v->kind == VALUE_NOT_JSON)
+		return *why = "the value is not JSON", "not_json";
+	if (v->kind != VALUE_NUMBER)
+		return *why = "not a number", "not_a_number";
+	if ((v->num.neg && v->num.mant) || !scaled(&v->num, 3, 1000, &m, &exact))
+		return *why = "outside [0, 1]", "out_of_range";
+	*out = (int)m;
+	return NULL;
+}
+
+// An integer in [0, limit]; otherwise the code, and *why (*too_large: it is only too large).
+static const char *as_uint(const struct value *v, uint64_t limit, uint64_t *out, const char **why, int *too_large)
+{
+	int exact;
+	*too_large = 0;
+	if (v->kind == VALUE_NOT_JSON)
+		return *why = "the value is not JSON", "not_json";
+	if (v->kind != VALUE_NUMBER)
+		return *why = "not a number", "not_a_number";
+	if (v->num.neg && v->num.mant)
+		return *why = "negative", "out_of_range";
+	if (!scaled(&v->num, 0, limit, out, &exact))
+		return *too_large = 1, *why = "too large", "out_of_range";
+	if (!exact)
+		return *why = "not an integer", "not_an_integer";
+	return NULL;
+}
+
+static char key[6 + MAX_NAME]; // the decoded key: the longest that can be taken is "route:" and a name
+
+// One entry into p; what it cannot take is refused, a scalar then keeping last's value.
+static void entry(struct plugin *p, const struct plugin *last, const struct json *j, size_t key_at, size_t key_raw,
+		  int key_str, size_t kn, const struct value *v, int *hold_refused)
+{
+	const char *code = NULL, *why = "";
+	uint64_t u;
+	int milli, too_large;
+#define KEY_IS(name) (kn == sizeof(name) - 1 && str_eq(key, kn, name, kn))
+	if (key_str != STR_OK) {
+		code = "bad_string", why = "the key has an escape JSON does not have, a lone surrogate or a control character";
+	} else if (KEY_IS("version")) {
+		if (!(code = as_uint(v, 1000000, &u, &why, &too_large)) && u != CONFIG_VERSION)
+			code = "unsupported_version", why = "this filter reads version " STR(CONFIG_VERSION);
+	} else if (KEY_IS("u_threshold") || KEY_IS("throughput_below") || KEY_IS("default_urgency")) {
+		int *field = KEY_IS("u_threshold") ? &p->u_threshold
+			     : KEY_IS("throughput_below") ? &p->throughput_below
+							  : &p->default_urgency;
+		const int *before = (const int *)((const char *)last + ((const char *)field - (const char *)p));
+		code = as_milli(v, &milli, &why);
+		*field = code ? *before : milli;
+	} else if (KEY_IS("hold_bytes") || KEY_IS("hold_ms")) {
+		int ms = KEY_IS("hold_ms");
+		code = as_uint(v, ms ? MAX_HOLD_MS : MAX_UINT, &u, &why, &too_large);
+		if (code)
+			*hold_refused = 1;
+		else if (ms)
+			p->hold_ms = (uint32_t)u;
+		else
+			p->hold_bytes = (uint32_t)u;
+		if (too_large)
+			why = ms ? "over " STR(MAX_HOLD_MS) " ms" : "over " STR(MAX_UINT) " bytes";
+	} else if (KEY_IS("buffer_limit_bytes")) {
+		code = as_uint(v, MAX_UINT, &u, &why, &too_large);
+		if (too_large) // the real limit is larger: holding under half of this one is still safe
+			code = "clamped", why = "over " STR(MAX_UINT) " bytes: taken as " STR(MAX_UINT), u = MAX_UINT;
+		else if (code)
+			u = last->buffer_limit_bytes;
+		p->buffer_limit_bytes = (uint32_t)u;
+	} else if (KEY_IS("urgent_prefix")) {
+		if (v->kind == VALUE_NOT_JSON)
+			code = "not_json", why = "the value is not JSON";
+		else if (v->kind != VALUE_STRING)
+			code = "not_a_string", why = "not a string";
+		else if (v->str != STR_OK)
+			code = "bad_string", why = "an escape JSON does not have, a lone surrogate or a control character";
+		else if (v->str_len > MAX_PREFIX)
+			code = "too_long", why = "over " STR(MAX_PREFIX) " bytes";
+		if (code) {
+			p->urgent_len = last->urgent_len;
+			for (size_t i = 0; i < last->urgent_len; i++)
+				p->urgent_prefix[i] = last->urgent_prefix[i];
+		} else {
+			struct json at = {j->s, j->n, v->at};
+			j_string(&at, p->urgent_prefix, MAX_PREFIX, &p->urgent_len);
+		}
+	} else if (kn >= 6 && str_eq(key, 6, "route:", 6)) {
+		size_t n = kn - 6, found = 0;
+		while (found < n && found < MAX_NAME && key[6 + found] != '~')
+			found++;
+		if (n == 0)
+			code = "name_empty", why = "no route name";
+		else if (n > MAX_NAME)
+			code = "name_too_long", why = "route name over " STR(MAX_NAME) " bytes";
+		else if (found < n)
+			code = "name_has_tilde", why = "'~' separates a route from its class variant: the name never matches";
+		else if (!(code = as_milli(v, &milli, &why))) {
+			int r = 0;
+			while (r < p->n_routes && !str_eq(p->routes[r].name, p->routes[r].len, key + 6, n))
+				r++;
+			if (r == MAX_ROUTES) {
+				code = "too_many_routes", why = "more than " STR(MAX_ROUTES) " routes";
+			} else {
+				struct route_urgency *route = &p->routes[r];
+				if (r == p->n_routes) { // a new route (a repeated one takes its newer value)
+					p->n_routes++;
+					for (size_t i = 0; i < n; i++)
+						route->name[i] = key[6 + i];
+					route->len = n;
+				}
+				route->urgency_milli = milli;
+			}
+		}
+	} else {
+		code = "unknown_key", why = "not an entry of configuration version " STR(CONFIG_VERSION);
+	}
+#undef KEY_IS
+	if (code)
+		refuse(j->s + key_at, key_raw, code, why);
+}
+
+// The configuration text into p, entry by entry (last: the configuration in force before, whose values refused
+// scalars keep). Returns NULL, or why the text cannot be read as a JSON object at all.
+static const char *parse_config(struct plugin *p, const struct plugin *last, const char *s, size_t n)
+{
+	struct json j = {s, n, 0};
+	int hold_refused = 0;
+	j_space(&j);
+	if (j_peek(&j) != '{')
+		return "not a JSON object";
+	j.i++;
+	j_space(&j);
+	if (j_peek(&j) == '}')
+		j.i++;
+	else
+		for (;;) {
+			j_space(&j);
+			if (j_peek(&j) != '"')
+				return "a key is not a string";
+			size_t key_at = j.i + 1, kn;
+			int key_str = j_string(&j, key, sizeof key, &kn);
+			if (key_str == STR_UNTERMINATED)
+				return "a key has no closing quote";
+			size_t key_raw = j.i - 1 - key_at;
+			j_space(&j);
+			if (j_peek(&j) != ':')
+				return "a key without ':'";
+			j.i++;
+			j_space(&j);
+			struct value v;
+			if (!j_value(&j, &v)) { // not JSON: this entry is refused, the next one is read
+				v.kind = VALUE_NOT_JSON;
+				j.i = v.at;
+				if (!j_recover(&j))
+					return "a value without an end";
+			}
+			entry(p, last, &j, key_at, key_raw, key_str, kn, &v, &hold_refused);
+			j_space(&j);
+			if (j_peek(&j) == '}') {
+				j.i++;
+				break;
+			}
+			if (j_peek(&j) != ',')
+				return "entries not separated by ','";
+			j.i++;
+		}
+	if (hold_refused) { // B and T go together: a refused half keeps the pair in force
+		p->hold_bytes = last->hold_bytes;
+		p->hold_ms = last->hold_ms;
+	} else if (p->hold_bytes && !p->hold_ms) { // a hold without a time bound is never allowed
+		refuse("hold_bytes", 10, "unbounded_hold", "a hold needs hold_ms > 0");
+		p->hold_bytes = last->hold_bytes;
+		p->hold_ms = last->hold_ms;
+	}
+	return NULL;
+}
 
 // Ticks, VM-wide: any root context's tick serves every held stream of the VM, whatever root it started under.
 // Envoy stops the timer of a root whose configuration was replaced while its streams live on, so a root must
@@ -273,121 +777,6 @@ static struct plugin *find_plugin(uint32_t root)
 static struct plugin *in_force(uint32_t root)
 {
 	return newest && newest->root ? newest : find_plugin(root);
-}
-
-static void plugin_defaults(struct plugin *p, uint32_t root)
-{
-	p->root = root;
-	p->n_routes = 0;
-	p->u_threshold = 500;
-	p->throughput_below = 300;
-	p->default_urgency = 400;
-	p->hold_bytes = p->hold_ms = p->buffer_limit_bytes = 0;
-	p->urgent_len = 0;
-}
-
-// A non-negative integer below 2^24; -1 if malformed.
-static long parse_uint(const char *s, size_t n)
-{
-	long v = 0;
-	if (n == 0 || n > 8)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		v = v * 10 + (s[i] - '0');
-	}
-	return v < (1L << 24) ? v : -1;
-}
-
-static int set_value(struct plugin *p, const char *key, size_t kn, const char *val, size_t vn, int quoted)
-{
-	if (str_eq(key, kn, "urgent_prefix", 13)) {
-		if (!quoted || vn == 0 || vn > MAX_PREFIX)
-			return 0;
-		for (size_t i = 0; i < vn; i++) {
-			if (val[i] == '\\')
-				return 0; // no escapes: the prefix is taken byte for byte
-			p->urgent_prefix[i] = val[i];
-		}
-		p->urgent_len = vn;
-		return 1;
-	}
-	if (quoted)
-		return 0;
-	if (str_eq(key, kn, "hold_bytes", 10) || str_eq(key, kn, "hold_ms", 7) ||
-	    str_eq(key, kn, "buffer_limit_bytes", 18)) {
-		long v = parse_uint(val, vn);
-		if (v < 0 || (kn == 7 && v > 60000))
-			return 0;
-		if (kn == 10)
-			p->hold_bytes = (uint32_t)v;
-		else if (kn == 7)
-			p->hold_ms = (uint32_t)v;
-		else
-			p->buffer_limit_bytes = (uint32_t)v;
-		return 1;
-	}
-	int milli = parse_milli(val, vn);
-	if (milli < 0 || milli > 1000)
-		return 0;
-	if (str_eq(key, kn, "u_threshold", 11))
-		p->u_threshold = milli;
-	else if (str_eq(key, kn, "throughput_below", 16))
-		p->throughput_below = milli;
-	else if (str_eq(key, kn, "default_urgency", 15))
-		p->default_urgency = milli;
-	else if (kn > 6 && str_eq(key, 6, "route:", 6) && kn - 6 < MAX_NAME && p->n_routes < MAX_ROUTES) {
-		struct route_urgency *r = &p->routes[p->n_routes++];
-		for (size_t i = 6; i < kn; i++)
-			r->name[i - 6] = key[i];
-		r->len = kn - 6;
-		r->urgency_milli = milli;
-	} else
-		return 0;
-	return 1;
-}
-
-// A flat JSON object of "key": number (or "key": "string") pairs. Returns 1 on success.
-static int parse_config(struct plugin *p, const char *s, size_t n)
-{
-	size_t i = 0;
-	while (i < n && s[i] != '{')
-		i++;
-	if (i++ >= n)
-		return 0;
-	for (;;) {
-		while (i < n && (s[i] == ' ' || s[i] == '\n' || s[i] == '\t' || s[i] == '\r' || s[i] == ','))
-			i++;
-		if (i < n && s[i] == '}')
-			return 1;
-		if (i >= n || s[i] != '"')
-			return 0;
-		size_t key = ++i;
-		while (i < n && s[i] != '"')
-			i++;
-		if (i >= n)
-			return 0;
-		size_t key_len = i - key;
-		i++;
-		while (i < n && (s[i] == ' ' || s[i] == ':'))
-			i++;
-		int quoted = i < n && s[i] == '"';
-		size_t val = i + quoted;
-		if (quoted) {
-			i = val;
-			while (i < n && s[i] != '"')
-				i++;
-			if (i >= n)
-				return 0;
-		} else {
-			while (i < n && s[i] != ',' && s[i] != '}' && s[i] != ' ' && s[i] != '\n')
-				i++;
-		}
-		if (!set_value(p, s + key, key_len, s + val, i - val, quoted))
-			return 0;
-		i += quoted;
-	}
 }
 
 // ---- per-stream hold state (bounded: at most MAX_HELD streams hold at once; others pass through) ----
@@ -589,36 +978,57 @@ WASM_EXPORT(proxy_on_tick) void proxy_on_tick(uint32_t root_id)
 
 WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, size_t size)
 {
+	static struct plugin parsed, defaults; // built aside: text that cannot be read changes nothing
+	const struct plugin *last = newest && newest->root ? newest : NULL;
+	if (!last) {
+		plugin_defaults(&defaults, 0);
+		last = &defaults;
+	}
+	proxy_set_effective_context(root_id);
+	plugin_defaults(&parsed, root_id);
+	refusals = 0;
+	char *data = NULL;
+	size_t got = 0;
+	const char *rejected = NULL;
+	if (size == 0) {
+		log_str(LOG_INFO, "dapb: no configuration, defaults in force");
+	} else if (proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &data, &got) != OK || !data) {
+		rejected = "the host did not give it";
+	} else {
+		rejected = parse_config(&parsed, last, data, got);
+		dapb_free(data);
+	}
+	if (rejected) { // the configuration in force (or the defaults) stays, now also for this root
+		parsed = *last;
+		parsed.root = root_id;
+	}
 	struct plugin *p = find_plugin(root_id);
 	if (!p)
 		p = find_plugin(0);
 	for (int i = 0; !p && i < MAX_ROOTS; i++)
 		if (&plugins[i] != newest)
 			p = &plugins[i]; // all slots taken by replaced roots (their streams follow the newest): reuse one
-	release_all(0); // what is held was held under the configuration being replaced: it goes now
-	proxy_set_effective_context(root_id);
-	plugin_defaults(p, root_id);
-	char *data = NULL;
-	size_t got = 0;
-	int ok = 1;
-	if (size == 0) {
-		log_str(LOG_INFO, "dapb: no configuration, defaults in force");
-	} else if (proxy_get_buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size, &data, &got) != OK) {
-		ok = 0;
-	} else {
-		ok = parse_config(p, data, got);
-		dapb_free(data);
-	}
-	if (ok && p->hold_bytes && !p->hold_ms)
-		ok = 0; // a hold without a time bound is never allowed
-	if (!ok)
-		plugin_defaults(p, root_id); // nothing held under a rejected configuration
+	if (!rejected)
+		release_all(0); // what is held was held under the configuration being replaced: it goes now
+	*p = parsed;
 	newest = p;
 	// Tick while this configuration holds or anything in the VM is still held (perhaps under a root whose
 	// timer Envoy has stopped).
 	proxy_set_tick_period_milliseconds(any_plugin_holds() || any_held() ? 1 : 0);
-	log_str(ok ? LOG_INFO : LOG_WARN, ok ? "dapb: configuration loaded" : "dapb: configuration rejected");
-	return ok;
+	struct line l = {.n = 0};
+	if (rejected) {
+		put_str(&l, "dapb: configuration rejected (");
+		put_str(&l, rejected);
+		put_str(&l, "): the configuration in force stays");
+	} else {
+		put_str(&l, "dapb: configuration loaded: version " STR(CONFIG_VERSION) ", ");
+		put_uint(&l, (uint64_t)p->n_routes);
+		put_str(&l, " routes, ");
+		put_uint(&l, (uint64_t)refusals);
+		put_str(&l, " entries refused");
+	}
+	proxy_log(rejected ? LOG_WARN : LOG_INFO, l.s, l.n);
+	return 1; // never fail: Envoy would fail the plugin, and with it every request under FAIL_CLOSE
 }
 
 WASM_EXPORT(proxy_on_vm_start) int32_t proxy_on_vm_start(uint32_t root_id, size_t size) { return 1; }

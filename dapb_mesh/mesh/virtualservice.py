@@ -10,7 +10,7 @@ reported with the resource, the route and the reason, and never stop the others 
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import reprlib
 from collections.abc import Mapping
@@ -21,6 +21,10 @@ import yaml
 
 from dapb_mesh.classes import NAMED_URGENCY
 from dapb_mesh.config import PolicyConfig
+from dapb_mesh.mesh import filter_config
+from dapb_mesh.mesh.filter_config import Refusal
+
+log = logging.getLogger("dapb.virtualservice")
 
 ANNOTATION_DEFAULT = "dapb.io/urgency"
 ANNOTATION_ROUTES = "dapb.io/route-urgency"
@@ -282,6 +286,9 @@ def load_directory(directory: Path) -> tuple[list[dict], list[Problem]]:
     return found, problems
 
 
+_refused_last: set[Refusal] = set()  # logged once while they last, not on every publication
+
+
 def plugin_config(
     table: list[RouteUrgency] | Mapping[str, float],
     policy: PolicyConfig,
@@ -290,21 +297,18 @@ def plugin_config(
     buffer_limit_bytes: int = 0,
     urgent_prefix: str = "",
 ) -> str:
-    """The Wasm filter's configuration: a flat JSON object (see wasm_filter/dapb_filter.c). ``table``: urgency
-    per route (RouteUrgency entries or the companion's {route: urgency}); ``hold``: (B, T in ms) when the filter
-    enforces the throughput class's decision (Decision.filter_hold), (0, 0) otherwise."""
-    cfg: dict[str, float | int | str] = {
-        "u_threshold": policy.u_threshold,
-        "throughput_below": policy.throughput_below,
-        "default_urgency": policy.default_urgency,
-        "hold_bytes": hold[0],
-        "hold_ms": hold[1],
-    }
-    if buffer_limit_bytes:
-        cfg["buffer_limit_bytes"] = buffer_limit_bytes
-    if urgent_prefix:
-        cfg["urgent_prefix"] = urgent_prefix
+    """The Wasm filter's configuration as it is published: the JSON of a FilterConfig (mesh/filter_config.py, the
+    contract with wasm_filter/dapb_filter.c). ``table``: urgency per route (RouteUrgency entries or the companion's
+    {route: urgency}); ``hold``: (B, T in ms) when the filter enforces the throughput class's decision
+    (Decision.filter_hold), (0, 0) otherwise. An entry the filter could not take is left out (or clamped) and
+    logged with its reason; the rest is published."""
     pairs = table.items() if isinstance(table, Mapping) else ((e.route, e.urgency) for e in table)
-    for route, urgency in pairs:
-        cfg[f"route:{route}"] = round(urgency, 3)
-    return json.dumps(cfg)
+    config, refused = filter_config.build(
+        dict(pairs), policy, hold=hold, buffer_limit_bytes=buffer_limit_bytes, urgent_prefix=urgent_prefix
+    )
+    for refusal in refused:
+        if refusal not in _refused_last:
+            log.warning("%s", refusal)
+    _refused_last.clear()
+    _refused_last.update(refused)
+    return config.to_json()
