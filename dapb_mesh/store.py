@@ -172,7 +172,12 @@ class Outcome:
 class HistoryStore:
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise StoreError(f"{path}: a directory, not a history file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"{path}: cannot create {error.filename or path.parent}: {error.strerror}") from None
         try:
             self.db = self._open()
         except _Unusable as error:
@@ -182,7 +187,10 @@ class HistoryStore:
     def _open(self) -> sqlite3.Connection:
         """A connection to a usable history; _Unusable when the file is not one, StoreError when SQLite cannot
         use it now (locked, read-only, ...: nothing is moved for a condition that passes)."""
-        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as error:
+            raise StoreError(f"{self.path}: {error}") from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")

@@ -32,6 +32,7 @@ def agent(
     from dapb_mesh.agent import Agent
     from dapb_mesh.config import parse_settings
     from dapb_mesh.exporter import serve
+    from dapb_mesh.store import StoreError
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     base = load(config).model_dump()
@@ -47,10 +48,18 @@ def agent(
             raise typer.BadParameter(f"{path} is not a cgroup v2 directory", param_hint="--cgroup")
     the_agent = Agent(settings, dry_run=dry_run, config_path=config)
     the_agent.install_signal_handlers()
-    server = serve(the_agent, settings.agent.listen)
+    try:
+        server = serve(the_agent, settings.agent.listen)
+    except OSError as error:
+        raise typer.BadParameter(
+            f"cannot listen on {settings.agent.listen}: {error.strerror or error}", param_hint="--listen/agent.listen"
+        ) from None
     err_console.print(f"dapb agent: metrics on http://{settings.agent.listen}/metrics")
     try:
-        the_agent.start()
+        try:
+            the_agent.start()
+        except StoreError as error:  # the history is opened first, before anything touches the kernel
+            raise typer.BadParameter(str(error), param_hint="--store/agent.store") from None
         the_agent.run(max_ticks=max_ticks)
     finally:
         the_agent.stop()

@@ -8,9 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from dapb_mesh.cli.common import console, err_console
+from dapb_mesh.cli.common import console, err_console, fail, finite
 from dapb_mesh.config import PolicyConfig
 from dapb_mesh.mesh.virtualservice import plugin_config
+
+WASM_MAGIC = b"\0asm"
+MAX_BODY_MS = 60_000.0
+"""The longest streamed body --body simulates (the filter's longest hold is 60 s; a longer one shows nothing more
+and would take the host millions of ticks)."""
 
 app = typer.Typer(help="The DSCP-tagging Wasm filter, run in the Python proxy-wasm host.", no_args_is_help=True)
 
@@ -32,16 +37,25 @@ def filter_test(
         ),
     ] = None,
     tick_ms: Annotated[
-        float, typer.Option("--tick-ms", help="The host's tick (Envoy here: 4-4.5 ms when asked for 1).", min=0.1)
+        float,
+        typer.Option(
+            "--tick-ms",
+            help="The host's tick (Envoy here: 4-4.5 ms when asked for 1).",
+            min=0.1,
+            callback=finite("--tick-ms", 0.1),
+        ),
     ] = 4.0,
 ) -> None:
     """Run one request through the filter without Envoy and print the class it gives and the filter's log; with
     --body, how the filter holds and releases a streamed body under the given configuration."""
+    import wasmtime
+
     from dapb_mesh.mesh.wasm_host import HostError, classify, simulate_body
 
-    if not wasm.exists():
-        raise typer.BadParameter(f"{wasm} not found: build it with `make -C wasm_filter`", param_hint="--wasm")
-    config_bytes = Path(plugin_config[1:]).read_bytes() if plugin_config.startswith("@") else plugin_config.encode()
+    _check_module(wasm)
+    if route is not None and not _is_text(route):
+        raise typer.BadParameter(f"{route!r} is not UTF-8 text", param_hint="--route")
+    config_bytes = _read_config(plugin_config)
     headers = {}
     for item in header or []:
         name, sep, value = item.partition(":")
@@ -54,9 +68,14 @@ def filter_test(
             cls, logs = classify(wasm, config_bytes, headers, route)
         else:
             cls, releases, logs = simulate_body(wasm, config_bytes, headers, route, chunks, tick_ms)
-    except HostError as error:
-        err_console.print(f"[red]{error}[/red]")
-        raise typer.Exit(1) from None
+    except HostError as error:  # the filter refused the configuration (its reason), or the module broke the ABI
+        shown = plugin_config if len(plugin_config) <= 200 else f"{plugin_config[:200]}..."
+        fail(f"filter test with --wasm {wasm} --config {shown}", error, code=1)
+    except wasmtime.Trap as error:
+        fail(f"the filter in {wasm} trapped", str(error).strip().splitlines()[0], code=1)
+    except wasmtime.WasmtimeError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise typer.BadParameter(f"{wasm} is not a module this host can run: {first}", param_hint="--wasm") from None
     for level, line in logs:
         err_console.print(f"[dim]wasm {level}: {line}[/dim]")
     console.print(f"x-dapb-class: {cls or '(none: auto)'}")
@@ -69,6 +88,39 @@ def filter_test(
         console.print(table)
 
 
+def _check_module(wasm: Path) -> None:
+    """--wasm names a readable WebAssembly binary; BadParameter says what it is instead."""
+    if not wasm.exists():
+        raise typer.BadParameter(f"{wasm} not found: build it with `make -C wasm_filter`", param_hint="--wasm")
+    try:
+        with wasm.open("rb") as module:
+            magic = module.read(4)
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {wasm}: {error.strerror or error}", param_hint="--wasm") from None
+    if magic != WASM_MAGIC:
+        raise typer.BadParameter(f"{wasm} is not a WebAssembly module (no \\0asm header)", param_hint="--wasm")
+
+
+def _is_text(value: str) -> bool:
+    """Whether a command-line string was valid UTF-8 (undecodable bytes arrive as lone surrogates)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _read_config(option: str) -> bytes:
+    """--config: the JSON itself, or @FILE; BadParameter names an unreadable file."""
+    if not option.startswith("@"):
+        return option.encode("utf-8", "surrogateescape")  # the bytes as given: the filter judges them
+    path = Path(option[1:])
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise typer.BadParameter(f"cannot read {path}: {error.strerror or error}", param_hint="--config") from None
+
+
 def _parse_body(spec: str) -> list[tuple[float, bytes]]:
     """SIZExCOUNT@GAP (bytes, chunks, ms) -> [(arrival ms, chunk)]; BadParameter names the bad part."""
     import re
@@ -79,4 +131,6 @@ def _parse_body(spec: str) -> list[tuple[float, bytes]]:
     size, count, gap = int(m[1]), int(m[2]), float(m[3])
     if not (1 <= size <= 1 << 20 and 1 <= count <= 100_000):
         raise typer.BadParameter(f"{spec!r}: size 1..1048576 bytes, count 1..100000", param_hint="--body")
+    if (count - 1) * gap > MAX_BODY_MS:
+        raise typer.BadParameter(f"{spec!r}: the body lasts over {MAX_BODY_MS:g} ms", param_hint="--body")
     return [(i * gap, bytes([i % 251]) * size) for i in range(count)]

@@ -11,6 +11,8 @@ from rich.table import Table
 
 from dapb_mesh.cli.common import ConfigOption, console, load
 
+TABLES = ("decisions", "outcomes")
+
 
 def history(
     table: Annotated[str, typer.Option("--table", help="decisions or outcomes.")] = "decisions",
@@ -21,15 +23,20 @@ def history(
     config: ConfigOption = None,
 ) -> None:
     """Query the agent's history: decisions and measured outcomes (the paper's knowledge persistence)."""
+    from dapb_mesh.classes import CLASS_NAMES
     from dapb_mesh.store import HistoryStore, StoreError
 
+    if table not in TABLES:
+        raise typer.BadParameter(f"{table!r}; choose from {', '.join(TABLES)}", param_hint="--table")
+    if cls is not None and cls not in CLASS_NAMES.values():
+        raise typer.BadParameter(f"{cls!r}; choose from {', '.join(CLASS_NAMES.values())}", param_hint="--class")
     path = store or load(config).agent.store
     if not path.exists():
         raise typer.BadParameter(f"{path} does not exist: has the agent run?", param_hint="--store")
     try:
         rows = HistoryStore(path).recent(table, limit, cls)
     except StoreError as error:
-        raise typer.BadParameter(str(error), param_hint="--table") from None
+        raise typer.BadParameter(str(error), param_hint="--store") from None
     if as_json:
         print(json.dumps(rows, indent=2))
         return

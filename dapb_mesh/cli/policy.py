@@ -38,7 +38,9 @@ def policy_explain(
     predicted_bytes: Annotated[
         float | None,
         typer.Option(
-            "--predicted-bytes", help="Use a predictor output P(t) in bytes (eq. 4-5) instead of the formula."
+            "--predicted-bytes",
+            help="Use a predictor output P(t) in bytes (eq. 4-5) instead of the formula.",
+            callback=finite("--predicted-bytes", 0),
         ),
     ] = None,
     confidence: Annotated[
@@ -50,7 +52,9 @@ def policy_explain(
     offered: Annotated[
         float | None,
         typer.Option(
-            "--offered-bytes-per-s", help="Offered load of the traffic: decides the enforcer (kernel or filter)."
+            "--offered-bytes-per-s",
+            help="Offered load of the traffic: decides the enforcer (kernel or filter).",
+            callback=finite("--offered-bytes-per-s", 0),
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dapb_mesh.cli.common import console
+from dapb_mesh.cli.common import console, output_dir
 
 app = typer.Typer(help="Render install manifests.", no_args_is_help=True)
 
@@ -20,5 +20,11 @@ def render_istio(
     annotated example VirtualService with its DestinationRule."""
     from dapb_mesh.mesh.manifests import write
 
-    for path in write(out):
+    output_dir(out, "--out")
+    try:
+        paths = write(out)
+    except OSError as error:
+        where = error.filename if error.filename is not None else out
+        raise typer.BadParameter(f"cannot write {where}: {error.strerror or error}", param_hint="--out") from None
+    for path in paths:
         console.print(f"wrote {path}")

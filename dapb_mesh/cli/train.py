@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from dapb_mesh.cli.common import ConfigOption, console, err_console, load
+from dapb_mesh.cli.common import ConfigOption, console, err_console, fail, finite, load, output_file
+from dapb_mesh.store import HistoryStore, StoreError
 
 app = typer.Typer(help="The predictor: collect measured outcomes, fit the model, export ONNX.", no_args_is_help=True)
 
@@ -21,20 +22,22 @@ def train_collect(
     store: Annotated[Path, typer.Option("--store", help="SQLite file to add the samples to.")] = Path(
         "models/training.db"
     ),
-    duration: Annotated[float, typer.Option("--duration", help="Seconds per run.", min=0.2)] = 1.0,
+    duration: Annotated[
+        float, typer.Option("--duration", help="Seconds per run.", min=0.2, callback=finite("--duration", 0.2))
+    ] = 1.0,
     config: ConfigOption = None,
 ) -> None:
     """Run the raw hop across a grid of contexts and record every candidate decision's measured outcome."""
     from dapb_mesh.predictor.collect import FULL_GRID, HELD_OUT, QUICK_GRID, collect
-    from dapb_mesh.store import HistoryStore
 
     grids = {"full": FULL_GRID, "quick": QUICK_GRID, "held-out": HELD_OUT}
     if grid not in grids:
         raise typer.BadParameter(f"{grid!r}; choose from {', '.join(grids)}", param_hint="--grid")
     settings = load(config)
+    samples = _open(store)
     rows = collect(
         grids[grid],
-        HistoryStore(store),
+        samples,
         settings,
         duration_s=duration,
         progress=lambda msg: err_console.print(f"[dim]{msg}[/dim]"),
@@ -54,13 +57,27 @@ def train_fit(
 ) -> None:
     """Fit the ensemble on the collected samples (deterministic), export ONNX, write the model card."""
     from dapb_mesh.predictor.train import train
-    from dapb_mesh.store import HistoryStore
 
     if not store.exists():
         raise typer.BadParameter(f"{store} does not exist: run `dapb train collect` first", param_hint="--store")
-    samples = HistoryStore(store).samples()
+    output_file(model, "--model")
+    output_file(card, "--card")
+    try:
+        samples = _open(store).samples()
+    except StoreError as error:
+        raise typer.BadParameter(str(error), param_hint="--store") from None
     try:
         scores = train(samples, model, card, f"`{store}` ({len(samples)} samples).")
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--store") from None
+    except OSError as error:
+        fail("cannot write the model or its card", f"{error.filename}: {error.strerror or error}", code=1)
     console.print(f"wrote {model} and {card}: {json.dumps(scores)}")
+
+
+def _open(store: Path) -> HistoryStore:
+    """The samples' store; BadParameter names --store and why it cannot be used."""
+    try:
+        return HistoryStore(store)
+    except StoreError as error:
+        raise typer.BadParameter(str(error), param_hint="--store") from None
