@@ -34,6 +34,6 @@ def test_request_response_through_the_agent_is_never_slower(tmp_path, load_cores
         assert base["requests"] > 0
         for mode in ("agent-auto", "agent-throughput"):
             m = per_mode[mode]
-            assert m["verdict"]["ok"], (label, mode, m, base)
+            assert m["verdict"]["ok"], (label, mode, m["verdict"], m["per_run"], base["per_run"])
         if "nagle" in per_mode:  # the harm the guard prevents: forced Nagle on every socket of the pods
             assert not per_mode["nagle"]["verdict"]["ok"], (label, per_mode["nagle"])
