@@ -154,6 +154,7 @@ CASES: dict[tuple[str, ...], list[Case]] = {
         case("--wasm", "{wasm}", "--config", "@{missing}", named=("--config", "{missing}")),
         case("--wasm", "{wasm}", "--config", "@{dir}", named=("--config", "{dir}")),
         case("--wasm", "{wasm}", "--config", "{{bad json", named=("--config", "{{bad json")),
+        case("--wasm", "{wasm}", "--config", '{{"nope": 1}}', named=("--config", "nope", "unknown_key")),
         case("--wasm", "{wasm}", "--route", "\udcff", named=("--route", "UTF-8")),
         case("--wasm", "{wasm}", "-H", "nocolon", named=("--header", "nocolon")),
         case("--wasm", "{wasm}", "--body", "64 by 20", named=("--body", "64 by 20")),

@@ -47,10 +47,11 @@ def filter_test(
     ] = 4.0,
 ) -> None:
     """Run one request through the filter without Envoy and print the class it gives and the filter's log; with
-    --body, how the filter holds and releases a streamed body under the given configuration."""
+    --body, how the filter holds and releases a streamed body under the given configuration. Exits 2 naming every
+    entry of --config the filter refused (it runs with the rest, as in Envoy)."""
     import wasmtime
 
-    from dapb_mesh.mesh.wasm_host import HostError, classify, simulate_body
+    from dapb_mesh.mesh.wasm_host import HostError, classify, read_refusals, simulate_body
 
     _check_module(wasm)
     if route is not None and not _is_text(route):
@@ -86,6 +87,10 @@ def filter_test(
         for r in releases:
             table.add_row(f"{r.at_ms:.1f}", str(r.size), f"{r.oldest_wait_ms:.1f}")
         console.print(table)
+    refused, _ = read_refusals(logs)
+    if refused:  # the filter ran with the rest, as Envoy would; the configuration given is still wrong
+        reasons = "\n".join(f"{r.key!r} ({r.code}): {r.reason}" for r in refused)
+        fail(f"--config: the filter refused {len(refused)} entr{'y' if len(refused) == 1 else 'ies'}", reasons)
 
 
 def _check_module(wasm: Path) -> None:
