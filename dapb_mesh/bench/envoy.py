@@ -124,20 +124,7 @@ def run_envoy(
         msg_size = max(msg_size, BULK_MSG_SIZE)  # at the given rate, or as fast as the client can write
     cls = L.CLASS_OF[sensitivity]
     count = int(rate * duration_s)
-    conditions = Conditions(rtt_ms=0.1, loss=0.0, jitter_ms=0.02)  # a veth hop through a bridge
     predictor = load_model(settings) if "dapb-ml" in modes else None
-    plans = {
-        m: plan(
-            m,
-            sensitivity,
-            conditions,
-            settings,
-            classify_all=False,
-            predictor=predictor,
-            load_bytes_per_s=rate * msg_size,
-        )
-        for m in modes
-    }
     progress(f"bringing up the {arch} mesh")
     # The mesh integration in full: the Wasm filter classes requests by route (stream: the scenario's class),
     # class routes lead to clusters whose sockets carry the class's DSCP. The default cluster is marked AF21 so
@@ -174,6 +161,22 @@ def run_envoy(
             mesh.wait_for_config(rf"hold_bytes\W+{p.filter_hold[0]}\b")
 
     with mesh, libbpf.run_time_stats():
+        # the static modes decide from the hop as measured now (as the agent would), not from a nominal RTT
+        rtt_ms, jitter_ms = mesh.hop_conditions()
+        conditions = Conditions(rtt_ms=rtt_ms, loss=0.0, jitter_ms=jitter_ms)  # loss: the agent measures it
+        progress(f"hop measured: RTT {rtt_ms:.3f} ms, jitter {jitter_ms:.3f} ms")
+        plans = {
+            m: plan(
+                m,
+                sensitivity,
+                conditions,
+                settings,
+                classify_all=False,
+                predictor=predictor,
+                load_bytes_per_s=rate * msg_size,
+            )
+            for m in modes
+        }
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.set_dscp_class(dscp, cls)
@@ -272,6 +275,7 @@ def run_envoy(
             "hops": mesh.hops,
             "mtls": not plaintext,
         },
+        "hop": {"rtt_ms": rtt_ms, "jitter_ms": jitter_ms, "measured_by": "TCP handshakes, client to server pod"},
         "impairment": impairment.describe(),
         "sensitivity": sensitivity.value,
         "modes": result_modes,

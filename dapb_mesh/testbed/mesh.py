@@ -458,6 +458,40 @@ class Mesh:
         shutil.rmtree(self.workdir, ignore_errors=True)
         owners.release(f"pods-{self.run_id}")
 
+    # -- measurements ----------------------------------------------------------------------------------------
+    def hop_conditions(self, samples: int = 20, timeout_s: float = 10.0) -> tuple[float, float]:
+        """(RTT ms, jitter ms) of the sidecar-to-sidecar hop, measured now: ``samples`` TCP handshakes from the
+        client pod to the server pod's sidecar inbound port (a handshake is one round trip, answered by
+        the kernel). RTT is their median, jitter the mean difference between successive ones (RFC 3550's
+        idea), so a decision taken from them sees the node as it is, loaded or quiet."""
+        probe = (
+            "import socket, statistics, sys, time\n"
+            "host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+            "rtts = []\n"
+            "for _ in range(n):\n"
+            "    s = socket.socket()\n"
+            "    s.settimeout(2)\n"
+            "    t = time.perf_counter()\n"
+            "    s.connect((host, port))\n"
+            "    rtts.append((time.perf_counter() - t) * 1e3)\n"
+            "    s.close()\n"
+            "    time.sleep(0.005)\n"
+            "jitter = statistics.fmean(abs(a - b) for a, b in zip(rtts, rtts[1:])) if n > 1 else 0.0\n"
+            "print(statistics.median(rtts), jitter)\n"
+        )
+        proc = self.client_pod.popen(
+            [sys.executable, "-c", probe, self.server_pod.address, str(ec.INBOUND_PORT), str(samples)],
+            container="app",  # the capture redirects only the app ports: the inbound port is reached directly
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        out, err = proc.communicate(timeout=timeout_s)
+        if proc.returncode:
+            raise RuntimeError(f"the hop's RTT probe failed: {err[-500:]}")
+        rtt_ms, jitter_ms = (float(v) for v in out.split())
+        return rtt_ms, jitter_ms
+
     # -- workloads -------------------------------------------------------------------------------------------
     def _client_app(self, role: str, timeout_s: float, **options: object) -> dict:
         """Run the app client (`apps.py ROLE`) in the client pod against every target service at once; its JSON
