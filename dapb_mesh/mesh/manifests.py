@@ -48,6 +48,9 @@ def istio_operator() -> dict:
 
 
 def wasm_plugin(plugin_config: dict | None = None) -> dict:
+    """The filter on every sidecar's outbound traffic. FAIL_OPEN: should the filter fail (a trap, a VM that does
+    not start), Envoy skips it and requests go on unclassified; Istio's default, FAIL_CLOSE, would answer every
+    request with 503. A bad configuration never fails it: the filter refuses the entry (mesh/filter_config.py)."""
     return {
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
@@ -55,6 +58,7 @@ def wasm_plugin(plugin_config: dict | None = None) -> dict:
         "spec": {
             "url": WASM_URL,
             "phase": "STATS",
+            "failStrategy": "FAIL_OPEN",
             "match": [{"mode": "CLIENT"}],
             "pluginName": "dapb",
             "pluginConfig": plugin_config or json.loads(virtualservice.plugin_config([], PolicyConfig())),
