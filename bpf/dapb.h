@@ -9,6 +9,10 @@
 #include <linux/types.h>
 #endif
 
+/* Bump when a map's meaning changes without its shape changing: an agent finding pins of another layout
+ * version (or shape) loads fresh maps beside them and swaps its programs in before removing the old ones. */
+#define DAPB_LAYOUT_VERSION 1
+
 /* Traffic classes: L(t) of the paper's eq. 1, carried to the kernel as a DSCP or a port rule. */
 #define DAPB_CLASS_DEFAULT 0 /* auto: the formula or the predictor decides */
 #define DAPB_CLASS_LATENCY 1 /* B_min: send at once */

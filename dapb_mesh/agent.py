@@ -305,19 +305,26 @@ class Agent:
             self._write(self._decide_all(force=True))
             self.ready.set()
             return
-        adopted = Datapath.exists(a.instance, self.settings.kernel)
         self.datapath = Datapath.load(a.instance, self.settings.kernel)  # reuses pinned maps when adopting
         self._stats = libbpf.run_time_stats().__enter__()
         self._apply_rules()
-        for cgroup in a.cgroups:
-            self.datapath.attach_cgroup(cgroup)  # adopted links get the new programs atomically
-        if a.msg_accounting:
-            self.datapath.enable_msg_accounting()
-        if adopted:
+        if self.datapath.adopted:
             log.info("adopted pinned instance %s: the last policy stays in force until the next write", a.instance)
             self.version = self.datapath.read_config().version
         else:
-            self.version = self._write(self._decide_all(force=True))
+            if self.datapath.older_layouts:
+                log.warning(
+                    "instance %s was pinned by an agent of another map layout (%s): fresh maps, policy written, "
+                    "then the new programs are swapped into its links",
+                    a.instance,
+                    ", ".join(d.name for d in self.datapath.older_layouts),
+                )
+            self.version = self._write(self._decide_all(force=True))  # before attaching: never an empty policy
+        for cgroup in a.cgroups:
+            self.datapath.attach_cgroup(cgroup)  # adopted links get the new programs atomically
+        self.datapath.retire_older_layouts()
+        if a.msg_accounting:
+            self.datapath.enable_msg_accounting()
         self.ready.set()
 
     def _start_companion(self):
@@ -379,13 +386,12 @@ class Agent:
 
     def _apply_rules(self) -> None:
         a, dp = self.settings.agent, self.datapath
+        ports = {port: L.CLASS_RECEIVER for port in a.receiver_ports}
         for cls, rule in ((L.CLASS_THROUGHPUT, a.throughput), (L.CLASS_LATENCY, a.latency)):
-            for port in rule.ports:
-                dp.set_port_class(port, cls)
+            ports |= dict.fromkeys(rule.ports, cls)  # configuration validation refuses a port in two places
             for dscp in rule.dscp:
                 dp.set_dscp_class(dscp, cls)
-        for port in a.receiver_ports:
-            dp.set_port_class(port, L.CLASS_RECEIVER)
+        dp.set_port_rules(ports)
         dp.set_guard(a.hold_uid, a.bounded_peers)
         if not a.bounded_peers:
             log.warning(

@@ -306,6 +306,19 @@ class AgentConfig(_Strict):
     urgent_prefix: str = ""
     """A message (body chunk) starting with these bytes is urgent: the filter sends what it holds at once."""
 
+    @model_validator(mode="after")
+    def _one_class_per_port(self) -> AgentConfig:
+        named: dict[int, str] = {}
+        for field, ports in (
+            ("throughput.ports", self.throughput.ports),
+            ("latency.ports", self.latency.ports),
+            ("receiver_ports", self.receiver_ports),
+        ):
+            for port in ports:
+                if named.setdefault(port, field) != field:
+                    raise ValueError(f"port {port} is in both agent.{named[port]} and agent.{field}: one class each")
+        return self
+
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:

@@ -72,3 +72,16 @@ def test_configuration_reference_in_docs_is_current():
 
     doc = Path(__file__).parent.parent / "docs" / "configuration.md"
     assert doc.read_text() == settings_reference(), "regenerate: dapb config reference > docs/configuration.md"
+
+
+@pytest.mark.parametrize(
+    "agent, named",
+    [
+        ({"throughput": {"ports": [8080]}, "latency": {"ports": [8080]}}, "agent.throughput.ports and agent.latency"),
+        ({"latency": {"ports": [15006]}}, "agent.latency.ports and agent.receiver_ports"),
+    ],
+)
+def test_a_port_takes_one_class(agent, named):
+    """The kernel's port map holds one class per port: a port named twice is refused, naming both places."""
+    with pytest.raises(ConfigError, match=named):
+        parse_settings({"agent": agent})

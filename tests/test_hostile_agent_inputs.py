@@ -381,10 +381,10 @@ def test_sighup_never_raises_whatever_fails(tmp_path, monkeypatch):
         def __init__(self):
             self.ports: list[int] = []
 
-        def set_port_class(self, port, _cls):
-            if port == 9000:
+        def set_port_rules(self, rules):
+            if 9000 in rules:
                 raise OSError(28, "No space left on device")
-            self.ports.append(port)
+            self.ports = list(rules)
 
         def set_dscp_class(self, _dscp, _cls):
             pass

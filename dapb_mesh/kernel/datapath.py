@@ -23,8 +23,10 @@ from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.layout import (
     CFG_MSG_ACCOUNTING,
     CFG_UNGUARDED,
+    LAYOUT_VERSION,
     MAX_CLASSES,
     MAX_PEER_PREFIXES,
+    MAX_PORT_RULES,
     ClassPolicy,
     Config,
     MsgStats,
@@ -70,6 +72,52 @@ class DatapathError(RuntimeError):
     """The kernel part cannot be loaded, attached or found; the message says what to do."""
 
 
+MAPS_DIR = "maps"  # <instance>/maps-<layout tag>/<map name>
+
+
+def _object_shapes(so, obj: int) -> dict[str, tuple[int, ...]]:
+    """Each map's (type, key size, value size, max entries, flags) as the object defines it."""
+    shapes = {}
+    for name in MAPS:
+        m = libbpf.check_ptr(so.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
+        shapes[name] = (
+            so.bpf_map__type(m),
+            so.bpf_map__key_size(m),
+            so.bpf_map__value_size(m),
+            so.bpf_map__max_entries(m),
+            so.bpf_map__map_flags(m),
+        )
+    return shapes
+
+
+def layout_tag(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """The pins' layout: dapb.h's layout version and every map's shape, so that a struct that grows, a map that
+    is resized or renamed, or a bumped version gives a new tag (and fresh maps) without anyone remembering to."""
+    digest = hashlib.sha1(repr((LAYOUT_VERSION, sorted(shapes.items()))).encode()).hexdigest()[:8]
+    return f"v{LAYOUT_VERSION}-{digest}"
+
+
+def _maps_dirs(root: Path) -> list[Path]:
+    """Every pinned map set of an instance (``maps``: before layouts were tagged)."""
+    if not root.is_dir():
+        return []
+    return [d for d in root.iterdir() if d.is_dir() and (d.name == MAPS_DIR or d.name.startswith(f"{MAPS_DIR}-"))]
+
+
+def _pins_match(maps_dir: Path, shapes: Mapping[str, tuple[int, ...]]) -> bool:
+    for name, shape in shapes.items():
+        pin = maps_dir / name
+        if not pin.exists():
+            continue
+        fd = libbpf.obj_get(str(pin))
+        try:
+            if libbpf.map_shape(fd) != shape:
+                return False
+        finally:
+            os.close(fd)
+    return True
+
+
 def _cgroup_id(cgroup: Path) -> str:
     return hashlib.sha1(str(cgroup.resolve()).encode()).hexdigest()[:12]
 
@@ -83,6 +131,8 @@ class Datapath:
         self._maps = map_fds
         self._progs = prog_fds
         self._obj = obj
+        self.adopted = obj is None  # every map was already pinned in this layout (the policy in them stays)
+        self.older_layouts: list[Path] = []  # map pins of another layout, still used by attached programs
 
     # -- life cycle ---------------------------------------------------------------------------------------
     @staticmethod
@@ -93,7 +143,10 @@ class Datapath:
 
     @classmethod
     def load(cls, instance: str, kernel: KernelConfig | None = None, obj_path: Path = DEFAULT_OBJECT) -> Datapath:
-        """Load the programs; maps already pinned for this instance are reused, the others are pinned."""
+        """Load the programs; maps pinned for this instance in this object's layout are reused, the others are
+        made and pinned. Pins of another layout (an older agent's) are left in place for the programs still
+        attached to them, listed in ``older_layouts``: ``retire_older_layouts`` removes them once this object's
+        programs are swapped in."""
         kernel = kernel or KernelConfig()
         root = cls.pin_root(instance, kernel)
         if not obj_path.exists():
@@ -103,12 +156,19 @@ class Datapath:
         so = libbpf.lib()
         obj = libbpf.check_ptr(so.bpf_object__open_file(str(obj_path).encode(), None), f"opening {obj_path}")
         try:
-            (root / "maps").mkdir(parents=True, exist_ok=True)
+            shapes = _object_shapes(so, obj)
+            maps_dir = root / f"{MAPS_DIR}-{layout_tag(shapes)}"
+            if maps_dir.is_dir() and not _pins_match(maps_dir, shapes):
+                # same name, another shape: pins made by hand or by a build that forgot to bump the version
+                stale = root / f"{MAPS_DIR}-stale-{os.getpid()}"
+                maps_dir.rename(stale)
+            older = sorted(d for d in _maps_dirs(root) if d != maps_dir)
+            maps_dir.mkdir(parents=True, exist_ok=True)
             (root / "links").mkdir(parents=True, exist_ok=True)
             reused = []
             for name in MAPS:
                 m = libbpf.check_ptr(so.bpf_object__find_map_by_name(obj, name.encode()), f"map {name}")
-                pin = root / "maps" / name
+                pin = maps_dir / name
                 if pin.exists():
                     fd = libbpf.obj_get(str(pin))
                     libbpf.check(so.bpf_map__reuse_fd(m, fd), f"reusing pinned map {pin}")
@@ -120,7 +180,7 @@ class Datapath:
                 fd = so.bpf_map__fd(so.bpf_object__find_map_by_name(obj, name.encode()))
                 maps[name] = fd
                 if name not in reused:
-                    libbpf.obj_pin(fd, str(root / "maps" / name))
+                    libbpf.obj_pin(fd, str(maps_dir / name))
             progs = {}
             for name in (*CGROUP_PROGRAMS, *TC_PROGRAMS.values(), "dapb_msg"):
                 prog = libbpf.check_ptr(so.bpf_object__find_program_by_name(obj, name.encode()), f"program {name}")
@@ -129,16 +189,42 @@ class Datapath:
             so.bpf_object__close(obj)
             raise
         owners.register(f"bpf-{instance}")
-        return cls(instance, root, maps, progs, obj)
+        dp = cls(instance, root, maps, progs, obj)
+        dp.adopted = len(reused) == len(MAPS)
+        dp.older_layouts = older
+        return dp
 
     @classmethod
     def open(cls, instance: str, kernel: KernelConfig | None = None) -> Datapath:
-        """Adopt an instance another process loaded (an agent restart): its pinned maps, links left as they are."""
+        """Adopt an instance another process loaded (an agent restart): its pinned maps, links left as they are.
+        Mid-upgrade (two layouts pinned) the newest is the one in force."""
         root = cls.pin_root(instance, kernel)
-        if not (root / "maps").is_dir():
+        dirs = _maps_dirs(root)
+        if not dirs:
             raise DatapathError(f"no DAPB instance {instance!r} pinned at {root}")
-        maps = {name: libbpf.obj_get(str(root / "maps" / name)) for name in MAPS}
+        newest = max(dirs, key=lambda d: d.stat().st_mtime_ns)
+        maps = {name: libbpf.obj_get(str(newest / name)) for name in MAPS}
         return cls(instance, root, maps, {}, None)
+
+    def retire_older_layouts(self) -> list[Path]:
+        """After an upgrade: swap this object's programs into every pinned link (atomically: traffic sees no gap),
+        then remove the older layouts' map pins (their maps die with the last program using them)."""
+        if not self.older_layouts:
+            return []
+        for pin in self.links():
+            short = pin.name.rsplit("-", 1)[-1]
+            prog = next((p for p, sh in CGROUP_PROGRAMS.items() if sh == short), None)
+            if prog is None:
+                continue
+            link_fd = libbpf.obj_get(str(pin))
+            try:
+                libbpf.check(libbpf.lib().bpf_link_update(link_fd, self._need_prog(prog), None), f"updating {pin}")
+            finally:
+                os.close(link_fd)
+        retired, self.older_layouts = self.older_layouts, []
+        for old in retired:
+            shutil.rmtree(old, ignore_errors=True)
+        return retired
 
     @classmethod
     def purge(cls, instance: str, kernel: KernelConfig | None = None) -> None:
@@ -156,7 +242,7 @@ class Datapath:
 
     @classmethod
     def exists(cls, instance: str, kernel: KernelConfig | None = None) -> bool:
-        return (cls.pin_root(instance, kernel) / "maps").is_dir()
+        return bool(_maps_dirs(cls.pin_root(instance, kernel)))
 
     def close(self) -> None:
         """Release this process's handles; pinned maps and links stay in the kernel."""
@@ -359,6 +445,23 @@ class Datapath:
             libbpf.map_lookup(self._maps["dapb_policy"], ctypes.c_uint32(cls), p)
             out[cls] = p
         return out
+
+    def set_port_rules(self, rules: Mapping[int, int]) -> None:
+        """Make ``rules`` (port -> class) the whole set of port rules: more than the map holds is refused before
+        anything changes, ports no longer named are removed (an adopted instance keeps no stale rule)."""
+        if len(rules) > MAX_PORT_RULES:
+            raise DatapathError(f"{len(rules)} port rules; the kernel's port map holds {MAX_PORT_RULES}")
+        for port, cls in rules.items():
+            if not 0 < port < 65536:
+                raise DatapathError(f"port {port} out of range 1..65535")
+            if not 0 <= cls < MAX_CLASSES:
+                raise DatapathError(f"port {port}: class {cls} out of range 0..{MAX_CLASSES - 1}")
+        fd = self._maps["dapb_port_class"]
+        for old in libbpf.map_keys(fd, ctypes.c_uint32, limit=MAX_PORT_RULES * 2):
+            if old not in rules:
+                libbpf.map_delete(fd, ctypes.c_uint32(old))
+        for port, cls in rules.items():
+            libbpf.map_update(fd, ctypes.c_uint32(port), ctypes.c_uint32(cls))
 
     def set_port_class(self, port: int, cls: int) -> None:
         if not 0 < port < 65536:

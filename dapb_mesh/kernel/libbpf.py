@@ -83,6 +83,11 @@ def lib() -> ctypes.CDLL:
         "bpf_program__attach_cgroup": ([c_void_p, c_int], c_void_p),
         "bpf_map__fd": ([c_void_p], c_int),
         "bpf_map__reuse_fd": ([c_void_p, c_int], c_int),
+        "bpf_map__type": ([c_void_p], c_int),
+        "bpf_map__key_size": ([c_void_p], c_uint),
+        "bpf_map__value_size": ([c_void_p], c_uint),
+        "bpf_map__max_entries": ([c_void_p], c_uint),
+        "bpf_map__map_flags": ([c_void_p], c_uint),
         "bpf_link__pin": ([c_void_p, c_char_p], c_int),
         "bpf_link__fd": ([c_void_p], c_int),
         "bpf_link__destroy": ([c_void_p], c_int),
@@ -153,6 +158,13 @@ def num_cpus() -> int:
 def obj_get(path: str) -> int:
     """An fd for a pinned object, or LibbpfError (ENOENT if nothing is pinned there)."""
     return check(lib().bpf_obj_get(path.encode()), f"opening pin {path}")
+
+
+def map_shape(fd: int) -> tuple[int, int, int, int, int]:
+    """(type, key size, value size, max entries, flags) of a map fd, from /proc/self/fdinfo."""
+    lines = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+    info = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+    return tuple(int(info[k].strip(), 0) for k in ("map_type", "key_size", "value_size", "max_entries", "map_flags"))
 
 
 def obj_pin(fd: int, path: str) -> None:
