@@ -173,3 +173,187 @@ def test_a_killed_sidecar_had_sent_everything_older_than_t():
         summary = m.stream_summary(sid)
         assert not summary["complete"]
         assert_all_arrived_within(summary, COUNT, HOLD_MS + PATH_MS)
+
+
+# ---- a filter that fails must not fail the requests (FAIL_OPEN) ----------------------------------------------------
+TRAPPING_FILTER = r"""
+// A proxy-wasm filter that traps on every request's headers: a stand-in for any fatal filter bug.
+#define EXPORT(name) __attribute__((export_name(#name)))
+static char heap[1 << 16];
+static unsigned long used;
+EXPORT(proxy_abi_version_0_2_1) void abi(void) {}
+EXPORT(proxy_on_memory_allocate) void *allocate(unsigned long n)
+{
+	void *p = heap + used;
+	used = (used + n + 7) & ~7ul;
+	return used <= sizeof heap ? p : 0;
+}
+EXPORT(proxy_on_vm_start) int vm_start(int root, int size) { return 1; }
+EXPORT(proxy_on_configure) int configure(int root, int size) { return 1; }
+EXPORT(proxy_on_context_create) void context_create(int id, int parent) {}
+EXPORT(proxy_on_request_headers) int request_headers(int id, int headers, int end) { __builtin_trap(); }
+EXPORT(proxy_on_done) int done(int id) { return 1; }
+EXPORT(proxy_on_delete) void delete(int id) {}
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _requests_through_envoy(tmp_path, wasm, failure_policy: str, count: int = 5) -> list[int]:
+    """Statuses of ``count`` requests through one Envoy on loopback (no pods, no namespaces) whose only HTTP
+    filter before the router is ``wasm`` under ``failure_policy``, to a local app that answers 200."""
+    import http.client
+    import http.server
+    import subprocess
+
+    from dapb_mesh.testbed.mesh import envoy_binary
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    listen = _free_port()
+    wasm_filter = {
+        "name": "trap",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "trap",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(wasm)}}},
+                "failure_policy": failure_policy,
+            },
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager",
+        "stat_prefix": "in",
+        "route_config": {
+            "virtual_hosts": [
+                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}
+            ]
+        },
+        "http_filters": [
+            wasm_filter,
+            {
+                "name": "router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    config = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [{"filters": [{"name": "hcm", "typed_config": hcm}]}],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "app",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "app",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": "127.0.0.1",
+                                                    "port_value": app.server_port,
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    }
+    path = tmp_path / f"envoy-{failure_policy}.json"
+    path.write_text(json.dumps(config))
+    log = (tmp_path / f"envoy-{failure_policy}.log").open("wb")
+    envoy = subprocess.Popen(
+        [str(envoy_binary()), "-c", str(path), "--use-dynamic-base-id", "--concurrency", "1", "-l", "warning"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    statuses = []
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until the listener is up
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=5)
+                conn.request("GET", "/first")
+                statuses.append(conn.getresponse().status)
+                conn.close()
+                break
+            except OSError:
+                if envoy.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError((tmp_path / f"envoy-{failure_policy}.log").read_text()[-2000:]) from None
+                time.sleep(0.1)
+        for i in range(count - 1):
+            conn = http.client.HTTPConnection("127.0.0.1", listen, timeout=5)
+            conn.request("GET", f"/{i}")
+            statuses.append(conn.getresponse().status)
+            conn.close()
+    finally:
+        envoy.terminate()
+        envoy.wait(timeout=10)
+        log.close()
+        app.shutdown()
+    return statuses
+
+
+def test_a_filter_that_traps_fails_open_and_requests_go_on(tmp_path):
+    """What the WasmPlugin's failStrategy: FAIL_OPEN asks of Envoy 1.40 (failure_policy FAIL_OPEN): a filter that
+    traps on every request costs only the request in flight when its VM traps (503: Envoy cannot finish a callback
+    that trapped); from then on Envoy skips the filter and every request reaches the app. Under FAIL_CLOSED (what
+    Istio's default, FAIL_CLOSE, asks for) the same filter fails every request."""
+    import shutil
+    import subprocess
+
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang (bootstrap.sh installs it) builds the trapping filter")
+    source = tmp_path / "trap.c"
+    source.write_text(TRAPPING_FILTER)
+    wasm = tmp_path / "trap.wasm"
+    subprocess.run(
+        [
+            clang,
+            "--target=wasm32",
+            "-O2",
+            "-nostdlib",
+            "-Wl,--no-entry",
+            "-Wl,--export-dynamic",
+            str(source),
+            "-o",
+            str(wasm),
+        ],
+        check=True,
+    )
+    opened = _requests_through_envoy(tmp_path, wasm, "FAIL_OPEN", count=10)
+    closed = _requests_through_envoy(tmp_path, wasm, "FAIL_CLOSED", count=10)
+    assert opened[1:] == [200] * 9, opened  # measured: [503, 200, 200, ...]
+    assert closed == [503] * 10, closed
