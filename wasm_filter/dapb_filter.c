@@ -20,10 +20,10 @@
 // tick interval and releases when age + that interval reaches hold_ms. Envoy owns the buffered bytes: a reset or
 // a drain is Envoy's ordinary stream handling; the filter never drops, reorders or rewrites body bytes.
 //
-// Plugin configuration (JSON, one flat object). A new configuration releases what is held and applies to every
-// stream of the VM, open ones included:
-//   {"u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4, "hold_bytes": 0, "hold_ms": 0,
-//    "buffer_limit_bytes": 0, "urgent_prefix": "!", "route:<route name>": <urgency 0..1>, ...}
+// Plugin configuration (JSON, one flat object; the contract with dapb_mesh/mesh/filter_config.py, see "configuration"
+// below). A new configuration releases what is held and applies to every stream of the VM, open ones included:
+//   {"version": 1, "u_threshold": 0.5, "throughput_below": 0.3, "default_urgency": 0.4, "hold_bytes": 0,
+//    "hold_ms": 0, "buffer_limit_bytes": 0, "urgent_prefix": "!", "route:<route name>": <urgency 0..1>, ...}
 #include <stddef.h>
 #include <stdint.h>
 
