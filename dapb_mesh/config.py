@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from dapb_mesh import artifacts
+
 # load_settings parses with the strict loader: duplicate keys, aliases, deep nesting and oversized input are refused.
 from dapb_mesh import safe_yaml as yaml
 from dapb_mesh.classes import DSCP_LATENCY, DSCP_THROUGHPUT, INBOUND_PORT, METRICS_PORT, SIDECAR_UID
@@ -293,8 +295,8 @@ class AgentConfig(_Strict):
     """Where VirtualServices come from: "kubernetes" (in-cluster API, watch) or a directory of YAML."""
     use_predictor: bool = False
     """Ask the ONNX predictor for B(t) (eq. 4-5); otherwise the formula (eq. 2)."""
-    model: Path = Path("models/dapb_predictor.onnx")
-    """The predictor model file."""
+    model: Annotated[Path, AfterValidator(artifacts.resolve)] = Path("package:dapb_predictor.onnx")
+    """The predictor model file; `package:NAME` names a file shipped with dapb (in a checkout: its build output)."""
     filter_config_file: Path | None = None
     """Write the Wasm filter's plugin configuration (JSON) here whenever it changes: the route urgencies and,
     when the filter enforces the throughput class, its hold (B, T). For a control plane that serves it."""

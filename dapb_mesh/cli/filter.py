@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from dapb_mesh import artifacts
 from dapb_mesh.cli.common import console, err_console, fail, finite
 from dapb_mesh.config import PolicyConfig
 from dapb_mesh.mesh.virtualservice import plugin_config
 
 WASM_MAGIC = b"\0asm"
+SHIPPED_WASM = artifacts.path(artifacts.WASM_FILTER)
+"""--wasm's default: the filter this dapb ships (dapb_mesh/artifacts.py)."""
 MAX_BODY_MS = 60_000.0
 """The longest streamed body --body simulates (the filter's longest hold is 60 s; a longer one shows nothing more
 and would take the host millions of ticks)."""
@@ -27,7 +30,9 @@ def filter_test(
     plugin_config: Annotated[
         str, typer.Option("--config", help="Plugin configuration JSON, or @FILE.")
     ] = plugin_config([], PolicyConfig()),
-    wasm: Annotated[Path, typer.Option("--wasm", help="The filter module.")] = Path("wasm_filter/dapb_filter.wasm"),
+    wasm: Annotated[
+        Path, typer.Option("--wasm", help="The filter module (default: the one this dapb ships).")
+    ] = SHIPPED_WASM,
     body: Annotated[
         str | None,
         typer.Option(
@@ -96,7 +101,8 @@ def filter_test(
 def _check_module(wasm: Path) -> None:
     """--wasm names a readable WebAssembly binary; BadParameter says what it is instead."""
     if not wasm.exists():
-        raise typer.BadParameter(f"{wasm} not found: build it with `make -C wasm_filter`", param_hint="--wasm")
+        hint = artifacts.missing(artifacts.WASM_FILTER) if wasm == SHIPPED_WASM else None
+        raise typer.BadParameter(hint or f"{wasm} not found", param_hint="--wasm")
     try:
         with wasm.open("rb") as module:
             magic = module.read(4)

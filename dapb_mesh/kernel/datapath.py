@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
 
-from dapb_mesh import owners
+from dapb_mesh import artifacts, owners
 from dapb_mesh.config import KernelConfig
 from dapb_mesh.kernel import libbpf
 from dapb_mesh.kernel.layout import (
@@ -36,8 +36,8 @@ from dapb_mesh.kernel.layout import (
 )
 from dapb_mesh.kernel.libbpf import AttachType, LibbpfError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_OBJECT = REPO_ROOT / "bpf" / ".output" / "dapb.bpf.o"
+DEFAULT_OBJECT = artifacts.path(artifacts.BPF_OBJECT)
+"""The BPF object: the checkout's build output, or the copy an installed wheel carries (dapb_mesh/artifacts.py)."""
 MAPS = (
     "dapb_config",
     "dapb_policy",
