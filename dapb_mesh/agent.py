@@ -283,6 +283,7 @@ class Agent:
         self.publisher = None
         self._publish_lock = threading.Lock()
         self.decision_counts: Counter[tuple[str, str]] = Counter()
+        self.rejected_inputs: Counter[tuple[str, str]] = Counter()  # (source, reason) the agent itself refused
         self.fallback_counts: Counter[str] = Counter()
         self._stop = threading.Event()
         self._stats = None
@@ -376,6 +377,7 @@ class Agent:
             hold=decision.filter_hold if decision is not None else (0, 0),
             buffer_limit_bytes=a.proxy_buffer_limit_bytes,
             urgent_prefix=a.urgent_prefix,
+            rejected=self.rejected_inputs,
         )
 
     def publish_filter_config(self) -> bool:

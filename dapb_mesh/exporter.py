@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -123,12 +124,15 @@ class AgentCollector:
         yield rejected
         inputs = CounterMetricFamily(
             "dapb_rejected_inputs",
-            "VirtualServices, annotations and files the companion skipped (the rest of the table stays)",
+            "inputs skipped with a named reason, the rest kept: VirtualServices, annotations and files (the "
+            "companion), filter configuration entries the filter could not take (the agent)",
             labels=["source", "reason"],
         )
+        counts = Counter(a.rejected_inputs)
         if a.companion is not None:
-            for (source, reason), n in dict(a.companion.rejected_inputs).items():
-                inputs.add_metric([source, reason], n)
+            counts.update(dict(a.companion.rejected_inputs))
+        for (source, reason), n in counts.items():
+            inputs.add_metric([source, reason], n)
         yield inputs
         yield CounterMetricFamily("dapb_policy_writes", "policy snapshots written", value=a.writes)
         yield CounterMetricFamily(

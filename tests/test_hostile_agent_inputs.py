@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -687,3 +688,28 @@ def test_dapb_history_on_a_corrupt_file_answers_without_a_traceback(tmp_path):
     )
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert json.loads(out.stdout) == [] and len(set_aside(path)) == 1
+
+
+def test_filter_entries_the_filter_cannot_take_are_counted_once_and_exported(tmp_path):
+    """A route name the filter cannot hold (over its byte limit) is left out of the published configuration,
+    counted once in dapb_rejected_inputs_total{source="filter_config"} however often it is published, and the
+    other routes go on."""
+    from types import SimpleNamespace
+
+    from dapb_mesh.exporter import AgentCollector
+    from dapb_mesh.mesh.filter_config import MAX_ROUTE_NAME_BYTES
+
+    agent = dry_agent(tmp_path, tmp_path / "none.yaml")
+    long_name = "r" * (MAX_ROUTE_NAME_BYTES + 1)
+    agent.companion = SimpleNamespace(
+        state=SimpleNamespace(table={long_name: 0.9, "checkout": 0.8}), rejected_inputs=Counter()
+    )
+    for _ in range(3):
+        published = json.loads(agent.filter_config())
+    assert "route:checkout" in published and f"route:{long_name}" not in published
+    assert agent.rejected_inputs == {("filter_config", "name_too_long"): 1}
+    agent.companion = None  # the agent's own count is exported with or without a companion
+    (family,) = [m for m in AgentCollector(agent).collect() if m.name == "dapb_rejected_inputs"]
+    assert {(s.labels["source"], s.labels["reason"], s.value) for s in family.samples if s.name.endswith("_total")} == {
+        ("filter_config", "name_too_long", 1)
+    }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import reprlib
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,12 +297,13 @@ def plugin_config(
     hold: tuple[int, int] = (0, 0),
     buffer_limit_bytes: int = 0,
     urgent_prefix: str = "",
+    rejected: Counter[tuple[str, str]] | None = None,
 ) -> str:
     """The Wasm filter's configuration as it is published: the JSON of a FilterConfig (mesh/filter_config.py, the
     contract with wasm_filter/dapb_filter.c). ``table``: urgency per route (RouteUrgency entries or the companion's
     {route: urgency}); ``hold``: (B, T in ms) when the filter enforces the throughput class's decision
     (Decision.filter_hold), (0, 0) otherwise. An entry the filter could not take is left out (or clamped) and
-    logged with its reason; the rest is published."""
+    logged with its reason (and counted in ``rejected`` as ("filter_config", code)); the rest is published."""
     pairs = table.items() if isinstance(table, Mapping) else ((e.route, e.urgency) for e in table)
     config, refused = filter_config.build(
         dict(pairs), policy, hold=hold, buffer_limit_bytes=buffer_limit_bytes, urgent_prefix=urgent_prefix
@@ -309,6 +311,8 @@ def plugin_config(
     for refusal in refused:
         if refusal not in _refused_last:
             log.warning("%s", refusal)
+            if rejected is not None:
+                rejected[("filter_config", refusal.code)] += 1
     _refused_last.clear()
     _refused_last.update(refused)
     return config.to_json()
