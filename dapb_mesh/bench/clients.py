@@ -355,7 +355,7 @@ def _one(
         result = parse_wrk(out) if load.tool == "wrk" else parse_h2load(out, log.read_text())
     finally:
         if agent is not None:
-            writes = agent.writes
+            writes, tick_cpu_s = agent.writes, agent.tick_cpu_s
             agent.tick()  # the last telemetry: what the guard did during the run
             releases = sum(st.guard_releases_total for st in agent.aggregator.classes.values())
             agent.stop()
@@ -364,10 +364,12 @@ def _one(
             for pod in mesh.pods:
                 dp.detach_cgroup(pod.cgroup)
     result["segments_per_request"] = (_segments(dp) - seg0) / max(result["requests"], 1)
-    # this process only waits for the client: its CPU is the agent's (0 without one), as a share of one core
+    # this process only waits for the client: its CPU is the agent's (0 without one) with its start and stop, as a
+    # share of one core
     result["agent_core_share"] = (time.process_time() - own0) / duration_s
     if agent is not None:
         result["agent_policy_writes"] = writes
+        result["agent_tick_core_share"] = tick_cpu_s / duration_s  # the steady cost, without start and stop
         result["guard_releases"] = releases
     result.update(node_cpu_sample().since(cpu0))
     time.sleep(UPSTREAM_IDLE_S + 0.5)  # the sidecars close this run's upstream connections before the next mode
@@ -375,42 +377,113 @@ def _one(
 
 
 def client_report(result: dict) -> str:
-    """A Markdown page of a --client run: one table per load, the verdict per mode against baseline."""
+    """A Markdown page of a --client run, verdicts first: per load, each mode's do-no-harm verdict against baseline
+    in plain words (what passed or failed and by how much, median over the pairs), the machine (CPU busy and
+    steal) and the spread of the runs; then one table per load. Works from the JSON alone, older results too."""
     w = result["workload"]
     frac, ms = LATENCY_SLACK
+
+    def n(value: float | None, unit: str = "") -> str:
+        return "-" if value is None else f"{value:,.3g}{unit}" if abs(value) < 1000 else f"{value:,.0f}{unit}"
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0%}" if abs(value) >= 0.095 else f"{value:.1%}"
+
+    def checks(v: dict) -> str:
+        """Each check's median excess over what is allowed, in words (<= 0: within, with what is to spare)."""
+        words = []
+        for key, what, fmt, past in (
+            ("p90_ms_excess", "p90", lambda x: n(x, " ms"), "over"),
+            ("p99_ms_excess", "p99", lambda x: n(x, " ms"), "over"),
+            ("req_per_s_excess", "req/s", share, "short"),
+            ("errors_excess", "errors", n, "over"),
+        ):
+            if key in v:
+                excess = v[key]
+                words.append(
+                    f"{what} **{past} by {fmt(excess)}**" if excess > 0 else f"{what} within ({fmt(-excess)} to spare)"
+                )
+        return ", ".join(words)
+
+    def spread(m: dict, key: str, unit: str) -> str:
+        values = (m.get("per_run") or {}).get(key) or []
+        return f"{n(min(values))}-{n(max(values), unit)}" if len(values) > 1 else "-"
+
     lines = [
         "# Request/response with real clients",
         "",
-        f"Inter-pod through two Envoy sidecars (mTLS: {w['mtls']}), keep-alive connections, {w['response_bytes']} B "
-        f"responses, {w['duration_s']} s per run, {w['repeats']} interleaved repeat(s), {w['load_cores']} core(s) "
-        f"kept busy. Medians of the repeats. No harm: p90 and p99 within {frac:.0%} + {ms:g} ms of baseline, "
-        f"req/s within {RATE_SLACK:.0%}, errors no more than baseline's + 0.5 %, judged pair by pair (median), "
-        f"each slack widened by {NOISE_SIGMAS:g} standard deviations of the baseline's own spread (the noise "
-        f"allowance: 0 on a calm machine); pairs with more than {STEAL_DISTORTS:.0%} CPU steal left out while "
-        f"{MIN_PAIRS} others remain.",
+        f"Inter-pod through two Envoy sidecars ({'mutual TLS' if w.get('mtls', True) else 'plaintext'}), keep-alive "
+        f"connections, {w['response_bytes']:,} B responses, {w['duration_s']} s per run, {w['repeats']} interleaved "
+        f"repeat(s), {w['load_cores']} core(s) kept busy. Medians of the repeats.",
+        "",
+        "## Verdicts",
+    ]
+    for label, per_mode in result["clients"].items():
+        base = per_mode.get("baseline", {})
+        lines += ["", f"### {label}", ""]
+        for mode, m in per_mode.items():
+            v = m.get("verdict")
+            machine = f"node CPU {share(m.get('node_cpu_busy'))} busy, {share(m.get('cpu_steal'))} steal"
+            if m.get("agent_core_share") is not None and mode.startswith("agent"):
+                machine += f", the agent {share(m['agent_core_share'])} of a core"
+            if v is None:
+                lines.append(
+                    f"- **{mode}**: p50 {n(m['p50_ms'], ' ms')}, p99 {n(m['p99_ms'], ' ms')}, "
+                    f"{n(m['req_per_s'])} req/s, {m['errors']} errors; {machine}."
+                )
+                continue
+            pairs = f"median over {v['pairs']} pairs" if "pairs" in v else "median over the pairs"
+            if v.get("pairs_left_out"):
+                pairs += f", {v['pairs_left_out']} left out for CPU steal"
+            lines.append(
+                f"- **{mode}**: {'**no harm**' if v['ok'] else '**harm**'} ({pairs}): {checks(v)}. p99 "
+                f"{n(m['p99_ms'], ' ms')} against the baseline's {n(base.get('p99_ms'), ' ms')}, "
+                f"{n(m['req_per_s'])} req/s against {n(base.get('req_per_s'))}, {m['errors']} errors; {machine}."
+            )
+        runs = [
+            f"{mode} p99 {spread(m, 'p99_ms', ' ms')}, req/s {spread(m, 'req_per_s', '')}"
+            for mode, m in per_mode.items()
+        ]
+        lines.append(f"- Spread over the runs (lowest-highest): {'; '.join(runs)}.")
+        steals = [s for m in per_mode.values() for s in (m.get("per_run") or {}).get("cpu_steal") or []]
+        if steals and max(steals) > STEAL_DISTORTS:
+            lines.append(
+                f"- **Check:** the hypervisor stole up to {share(max(steals))} of the node's CPU in some runs "
+                f"(over the {STEAL_DISTORTS:.0%} that distorts a run)."
+            )
+    lines += [
+        "",
+        f"No harm: p90 and p99 within {frac:.0%} + {ms:g} ms of baseline, req/s within {RATE_SLACK:.0%}, errors no "
+        f"more than baseline's + 0.5 %, judged pair by pair (median), each slack widened by {NOISE_SIGMAS:g} "
+        f"standard deviations of the baseline's own spread (the noise allowance: 0 on a calm machine); pairs with "
+        f"more than {STEAL_DISTORTS:.0%} CPU steal left out while {MIN_PAIRS} others remain. An excess is the "
+        "median over the pairs of (mode - what is allowed): within when at most 0.",
+        "",
+        "## Measured",
     ]
     for label, per_mode in result["clients"].items():
         lines += [
             "",
-            f"## {label}",
+            f"### {label}",
             "",
-            "| mode | p50 ms | p90 ms | p99 ms | max ms | req/s | segments per request | node CPU busy | no harm |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| mode | p50 (ms) | p90 (ms) | p99 (ms) | max (ms) | requests/s | segments per request | errors | "
+            "node CPU busy | CPU steal | no harm |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for mode, m in per_mode.items():
             verdict = m.get("verdict")
             ok = "-" if verdict is None else ("yes" if verdict["ok"] else "**no**")
             lines.append(
                 f"| {mode} | {m['p50_ms']:.2f} | {m['p90_ms']:.2f} | {m['p99_ms']:.2f} | {m['max_ms']:.2f} | "
-                f"{m['req_per_s']:.0f} | {m['segments_per_request']:.2f} | {m['node_cpu_busy']:.0%} | {ok} |"
+                f"{m['req_per_s']:,.0f} | {m['segments_per_request']:.2f} | {m['errors']} | "
+                f"{share(m.get('node_cpu_busy'))} | {share(m.get('cpu_steal'))} | {ok} |"
             )
         verdicts = [m["verdict"] for m in per_mode.values() if "verdict" in m]
-        if verdicts:
-            n = verdicts[0]["noise_allowance"]
+        allowance = verdicts[0].get("noise_allowance") if verdicts else None
+        if allowance:
             lines += [
                 "",
-                f"Noise allowance from the baseline's spread: p90 +{n['p90_ms']:.2f} ms, p99 +{n['p99_ms']:.2f} ms, "
-                f"req/s -{n['req_per_s']:.1%}; pairs judged: {verdicts[0]['pairs']} "
-                f"({verdicts[0]['pairs_left_out']} left out for CPU steal).",
+                f"Noise allowance from the baseline's spread: p90 +{allowance['p90_ms']:.2f} ms, p99 "
+                f"+{allowance['p99_ms']:.2f} ms, req/s -{allowance['req_per_s']:.1%}.",
             ]
     return "\n".join(lines) + "\n"
