@@ -101,6 +101,25 @@ CASES: dict[tuple[str, ...], list[Case]] = {
         case("--scenario", "agent-tick", "--json", "{dir}", named=("--json", "{dir}")),
         case("--scenario", "agent-tick", "--json", "{notdir}/x.json", named=("--json", "{notdir}")),
         case("--scenario", "agent-tick", "--report", "{text}", named=("--report", "{text}")),
+        case("--quick", "compare", "{result}", "{result}", named=("--quick", "compare")),
+    ],
+    ("bench", "report"): [
+        case(named="RESULT"),
+        case("{missing}", "--out", "{cwd}/r", named=("RESULT", "{missing}")),
+        case("{dir}", "--out", "{cwd}/r", named=("RESULT", "{dir}")),
+        case("{text}", "--out", "{cwd}/r", named=("RESULT", "{text}", "not JSON")),
+        case("{nonresult}", "--out", "{cwd}/r", named=("RESULT", "{nonresult}", "not a dapb bench result")),
+        case("{result}", "--out", "{text}", named=("--out", "{text}")),
+        case("{result}", named="--out"),
+    ],
+    ("bench", "compare"): [
+        case(named="RUN..."),
+        case("{result}", named=("RUN...", "at least two")),
+        case("{result}", "{missing}", named=("RUN...", "{missing}")),
+        case("{result}", "{text}", named=("RUN...", "{text}", "not JSON")),
+        case("{result}", "=x", named=("RUN...", "=x")),
+        case("{result}", "{nonresult}", named=("RUN...", "{nonresult}")),
+        case("{result}", "{result}", "--report", "{text}", named=("--report", "{text}")),
     ],
     ("agent",): [
         case(*DRY, "--listen", "not-an-address", named=("agent.listen", "not-an-address")),
@@ -234,6 +253,7 @@ def files(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "empty.yaml").write_text("")
     (tmp_path / "bad.wasm").write_bytes(b"\0asm\x01\0\0\0garbage")
+    (tmp_path / "nonresult.json").write_text('{"scenario": "stream-small"}')
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(KERNEL_GUARD)
@@ -250,6 +270,8 @@ def files(tmp_path: Path) -> dict[str, str]:
         "empty": str(tmp_path / "empty.yaml"),
         "badwasm": str(tmp_path / "bad.wasm"),
         "wasm": str(WASM),
+        "result": str(ROOT / "tests" / "data" / "mixed.json"),
+        "nonresult": str(tmp_path / "nonresult.json"),
         "guard": str(guard),
         "cwd": str(tmp_path),
     }

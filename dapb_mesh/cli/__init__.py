@@ -20,7 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(doctor.doctor)
-app.command()(bench.bench)
+app.add_typer(bench.app, name="bench")
 app.command()(agent.agent)
 app.command()(history.history)
 app.command()(policy.demo)

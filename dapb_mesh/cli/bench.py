@@ -1,4 +1,6 @@
-"""`dapb bench`: modes compared side by side on this machine, through sidecars, raw, or with real clients."""
+"""`dapb bench`: modes compared side by side on this machine, through sidecars, raw, or with real clients; and,
+from stored results alone, `dapb bench report` (a result's report rebuilt) and `dapb bench compare` (runs
+compared, with their spread)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dapb_mesh.bench.options import BenchOptionError, ClientRun, client_run, scenario_run
@@ -21,8 +24,16 @@ from dapb_mesh.cli.common import (
 )
 from dapb_mesh.config import Settings
 
+app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+)
 
+
+@app.callback()
 def bench(
+    ctx: typer.Context,
     scenario: Annotated[
         str,
         typer.Option(
@@ -82,7 +93,21 @@ def bench(
     """Compare modes side by side in one run on this machine: segments, delays, CPU, the paper's six metrics.
 
     Needs root: it creates network namespaces, cgroups, Envoy sidecars and BPF programs, and removes them after.
+    From stored results alone: `dapb bench report RESULT.json --out DIR` rebuilds a report, `dapb bench compare
+    A.json B.json ...` compares runs.
     """
+    if ctx.invoked_subcommand is not None:  # report or compare: the run's options do not apply
+        given = [
+            p.opts[0]
+            for p in ctx.command.params
+            if getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+        ]
+        if given:
+            raise typer.BadParameter(
+                f"an option of a bench run, not of `dapb bench {ctx.invoked_subcommand}`",
+                param_hint="/".join(given),
+            )
+        return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from dapb_mesh.bench.envoy import run_envoy
@@ -188,7 +213,7 @@ def _bench_clients(
 ) -> None:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from dapb_mesh.bench.clients import client_report, run_clients
+    from dapb_mesh.bench.clients import run_clients
 
     size = 1024 if msg_size == 64 else msg_size  # --msg-size's default is the stream's; requests answer 1 KiB
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err_console) as bar:
@@ -221,9 +246,9 @@ def _bench_clients(
         console.print(table)
     write_json(json_path, result)
     if report is not None:
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "report.md").write_text(client_report(result))
-        console.print(f"wrote {report / 'report.md'}")
+        from dapb_mesh.bench.report import write_report
+
+        console.print(f"wrote {write_report(result, report)}")
 
 
 def _print_bench(result: dict, label: str = "") -> None:
@@ -251,3 +276,79 @@ def _print_bench(result: dict, label: str = "") -> None:
     for mode, metrics in result["modes"].items():
         table.add_row(mode, *(_fmt(fmt, metrics.get(key)) for key, fmt in columns.values()))
     console.print(table)
+
+
+@app.command("report")
+def report_command(
+    result_path: Annotated[
+        Path, typer.Argument(metavar="RESULT", help="A result written by `dapb bench --json` (a scenario or --client).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Write report.md, result.json and the plots here.")],
+) -> None:
+    """Rebuild a report from a stored result alone: verdicts first, the table, the glossary, the plots."""
+    from dapb_mesh.bench.report import load_result, write_report
+
+    result = _load(load_result, result_path, "RESULT")
+    output_dir(out, "--out")
+    try:
+        console.print(f"wrote {write_report(result, out)}")
+    except (KeyError, TypeError) as error:  # a result with fields of another shape than the bench writes
+        raise typer.BadParameter(f"{result_path}: cannot read field {error}", param_hint="RESULT") from None
+
+
+@app.command("compare")
+def compare_command(
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN...",
+            help="Result JSONs; the first is the reference. LABEL=PATH pools several files as one side's runs "
+            "(before=a1.json before=a2.json after=b1.json ...).",
+        ),
+    ],
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write compare.md and one plot per compared side here.")
+    ] = None,
+) -> None:
+    """Compare runs: every metric the runs share, its difference from the first run with the spread of both
+    sides, and which differences are within noise."""
+    from dapb_mesh.bench import compare
+
+    sides = _load(compare.load_sides, runs, "RUN...")
+    output_dir(report, "--report")
+    comparisons = compare.compare(sides)
+    for c in comparisons:
+        head = compare.summary(c)
+        console.print(f"[bold]{escape(head[0])}[/bold]")
+        for line in head[1:]:
+            console.print(escape(line), highlight=False)
+        if c.differences:
+            table = Table()
+            for title in ("section", "mode", "metric", c.reference, c.other, "difference", "noise", "verdict"):
+                table.add_column(title, justify="right" if title in ("difference", "noise") else "left")
+            for d in c.differences:
+                unit = compare.UNITS.get(d.metric, "")
+                style = {"beyond noise": "red", "within noise": "green"}.get(d.verdict, "dim")
+                table.add_row(
+                    d.section,
+                    d.mode,
+                    compare.LABELS[d.metric],
+                    d.reference.text(unit),
+                    d.other.text(unit),
+                    compare.diff_text(d),
+                    compare.noise_text(d),
+                    f"[{style}]{d.verdict}[/{style}]",
+                )
+            console.print(table)
+    if report is not None:
+        console.print(f"wrote {compare.write_report(comparisons, report)}")
+    if not any(c.differences for c in comparisons):
+        raise typer.Exit(1)
+
+
+def _load(read, what, hint: str):
+    """Read stored results; a file that is missing or no bench result is a usage error naming it."""
+    try:
+        return read(what)
+    except (ValueError, OSError) as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from None
