@@ -163,6 +163,11 @@ CASES: dict[tuple[str, ...], list[Case]] = {
         case("--out", "{text}", named=("--out", "{text}")),
         case("--out", "{notdir}/istio", named=("--out", "{notdir}")),
         case("--bogus", named="--bogus"),
+        case("--out", "{cwd}/istio", "--agent-image", "Not A Ref", named=("--agent-image", "Not A Ref")),
+        case("--out", "{cwd}/istio", "--filter-image", "oci://r/f:1", named=("--filter-image", "scheme")),
+        case("--out", "{cwd}/istio", "--filter-image", "r/f@sha256:ab", named=("--filter-image", "digest")),
+        case("--out", "{cwd}/istio", "--filter-image", "r/f:1", "--filter-digest", "12ab", named="--filter-digest"),
+        case("--out", "{cwd}/istio", "--agent-digest", "sha256:" + "a" * 64, named=("--agent-digest", "--agent-image")),
     ],
     ("filter",): [case("bogus", named="bogus")],
     ("filter", "test"): [

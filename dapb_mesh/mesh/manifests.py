@@ -13,6 +13,8 @@ How the pieces fit in a cluster:
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -23,8 +25,73 @@ from dapb_mesh.config import PolicyConfig
 from dapb_mesh.mesh import virtualservice
 
 NAMESPACE = "dapb-system"
-IMAGE = f"ghcr.io/dapb-mesh/dapb-agent:{__version__}"
-WASM_URL = f"oci://ghcr.io/dapb-mesh/dapb-filter:{__version__}"
+PLACEHOLDER_REGISTRY = "ghcr.io/dapb-mesh"
+"""Where the default image references point: a placeholder, this project publishes no image there. An install
+renders with the references of the images it built and pushed (`dapb render istio --agent-image ...`)."""
+IMAGE = f"{PLACEHOLDER_REGISTRY}/dapb-agent:{__version__}"
+FILTER_IMAGE = f"{PLACEHOLDER_REGISTRY}/dapb-filter:{__version__}"
+WASM_URL = f"oci://{FILTER_IMAGE}"
+
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REFERENCE = re.compile(
+    rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)?{_PATH_PART}(?:/{_PATH_PART})*(?::[\w][\w.-]{{0,127}})?"
+)
+_DIGEST = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
+
+
+def image_reference(value: str) -> str:
+    """An image reference as registries read it (``[host[:port]/]path[:tag]``); ValueError says what is wrong.
+    A digest goes in its own option, so that the WasmPlugin can carry it as Istio checks it (``sha256``)."""
+    if "@" in value:
+        raise ValueError(f"{value!r}: give the reference without @digest and the digest on its own")
+    if "://" in value:
+        raise ValueError(f"{value!r}: give the reference without a scheme (no oci://, no https://)")
+    if len(value) > 255 or not _REFERENCE.fullmatch(value):
+        raise ValueError(f"{value!r} is not an image reference: [host[:port]/]path[:tag], path in lower case")
+    return value
+
+
+def image_digest(value: str) -> str:
+    """``sha256:HEX`` (or the 64 hex digits alone) -> the 64 hex digits; ValueError says what is wrong."""
+    match = _DIGEST.fullmatch(value.strip().lower())
+    if not match:
+        raise ValueError(f"{value!r} is not a sha256 digest: sha256: and 64 hex digits")
+    return match[1]
+
+
+@dataclass(frozen=True)
+class Images:
+    """The images an install pulls: the agent's (the DaemonSet) and the filter's (the WasmPlugin's OCI image),
+    each with the digest of its manifest if known (the DaemonSet then pulls by digest; Istio compares the filter
+    image's manifest digest with the WasmPlugin's sha256 after pulling it)."""
+
+    agent: str = IMAGE
+    agent_digest: str | None = None
+    filter: str = FILTER_IMAGE
+    filter_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        for ref in (self.agent, self.filter):
+            image_reference(ref)
+        for digest in (self.agent_digest, self.filter_digest):
+            if digest is not None and image_digest(digest) != digest:
+                raise ValueError(f"{digest!r}: give the 64 hex digits (image_digest)")
+
+    @property
+    def agent_image(self) -> str:
+        return f"{self.agent}@sha256:{self.agent_digest}" if self.agent_digest else self.agent
+
+    @property
+    def filter_url(self) -> str:
+        return f"oci://{self.filter}"
+
+    def placeholders(self) -> list[str]:
+        """The references that still point at the placeholder registry."""
+        return [ref for ref in (self.agent, self.filter) if ref.startswith(f"{PLACEHOLDER_REGISTRY}/")]
+
+
+DEFAULT_IMAGES = Images()
 SUBSET = {cls: f"dapb-{cls}" for cls in CLASS_DSCP}
 
 
@@ -47,16 +114,17 @@ def istio_operator() -> dict:
     }
 
 
-def wasm_plugin(plugin_config: dict | None = None) -> dict:
+def wasm_plugin(plugin_config: dict | None = None, images: Images = DEFAULT_IMAGES) -> dict:
     """The filter on every sidecar's outbound traffic. FAIL_OPEN: should the filter fail (a trap, a VM that does
     not start), Envoy skips it and requests go on unclassified; Istio's default, FAIL_CLOSE, would answer every
     request with 503. A bad configuration never fails it: the filter refuses the entry (mesh/filter_config.py)."""
+    image = {"url": images.filter_url} | ({"sha256": images.filter_digest} if images.filter_digest else {})
     return {
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": {"name": "dapb-filter", "namespace": "istio-system"},
         "spec": {
-            "url": WASM_URL,
+            **image,
             "phase": "STATS",
             "failStrategy": "FAIL_OPEN",
             "match": [{"mode": "CLIENT"}],
@@ -161,7 +229,7 @@ def agent_rbac() -> list[dict]:
     return [sa, role, binding]
 
 
-def agent_daemonset() -> dict:
+def agent_daemonset(images: Images = DEFAULT_IMAGES) -> dict:
     host_path = lambda name, path: {"name": name, "hostPath": {"path": path, "type": "Directory"}}  # noqa: E731
     return {
         "apiVersion": "apps/v1",
@@ -177,7 +245,7 @@ def agent_daemonset() -> dict:
                     "containers": [
                         {
                             "name": "agent",
-                            "image": IMAGE,
+                            "image": images.agent_image,
                             "args": [
                                 "agent",
                                 "--cgroup",
@@ -227,24 +295,33 @@ def namespace() -> dict:
     }
 
 
-def render(service: str = "telemetry-ingest", service_namespace: str = "default") -> dict[str, list[dict]]:
+def render(
+    service: str = "telemetry-ingest", service_namespace: str = "default", images: Images = DEFAULT_IMAGES
+) -> dict[str, list[dict]]:
     """File name -> the documents it holds."""
     return {
         "istio-operator-overlay.yaml": [istio_operator()],
-        "wasmplugin.yaml": [wasm_plugin()],
+        "wasmplugin.yaml": [wasm_plugin(images=images)],
         "envoyfilter-class-dscp.yaml": [envoy_filter()],
-        "agent.yaml": [namespace(), *agent_rbac(), agent_daemonset()],
+        "agent.yaml": [namespace(), *agent_rbac(), agent_daemonset(images)],
         "example-destinationrule.yaml": [destination_rule(service, service_namespace, service)],
         "example-virtualservice.yaml": [example_virtual_service(service, service_namespace)],
     }
 
 
-def write(out: Path) -> list[Path]:
+def write(out: Path, images: Images = DEFAULT_IMAGES) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, docs in render().items():
+    image_of = {"wasmplugin.yaml": ("filter", images.filter), "agent.yaml": ("agent", images.agent)}
+    for name, docs in render(images=images).items():
         path = out / name
         header = f"# Rendered by `dapb render istio` (dapb-mesh {__version__}); see docs/mesh.md.\n"
+        role, ref = image_of.get(name, ("", ""))
+        if ref in images.placeholders():
+            header += (
+                f"# PLACEHOLDER image {ref}: nothing is published there. Build and push the {role} image, then\n"
+                f"# render with --{role}-image and --{role}-digest (docs/install.md, Artifacts).\n"
+            )
         path.write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
         paths.append(path)
     return paths
