@@ -121,11 +121,14 @@ def _helper_check(name: str, prog: ProgType, helper: FuncId) -> Callable[[], Che
 
 
 def check_clsact() -> Check:
-    """Create a clsact qdisc in a throw-away network namespace (nothing on the host is touched)."""
+    """Create a clsact qdisc in a throw-away network namespace (nothing on the host is touched); without
+    CAP_SYS_ADMIN (the agent's container), on a throw-away veth pair in this process's own namespace."""
     from pyroute2 import NetNS
 
-    from dapb_mesh.kernel.netns import create_netns, remove_netns
+    from dapb_mesh.kernel.netns import create_netns, may_create_netns, remove_netns
 
+    if not may_create_netns():
+        return _clsact_on_scratch_veth()
     name = f"dapb-doctor-{uuid.uuid4().hex[:8]}"
     create_netns(name)
     try:
@@ -137,6 +140,25 @@ def check_clsact() -> Check:
         remove_netns(name)
     ok = "clsact" in kinds
     return Check("clsact", ok, "clsact qdisc created in a scratch netns" if ok else f"qdiscs: {kinds}")
+
+
+def _clsact_on_scratch_veth() -> Check:
+    from pyroute2 import IPRoute
+
+    tag = uuid.uuid4().hex[:8]
+    name = f"dapb-dr{tag}"  # at most 15 bytes, as every interface name
+    with IPRoute() as ip:
+        ip.link("add", ifname=name, kind="veth", peer=f"dapb-dp{tag}")
+        try:
+            index = ip.link_lookup(ifname=name)[0]
+            ip.tc("add", "clsact", index)
+            kinds = [q.get_attr("TCA_KIND") for q in ip.get_qdiscs(index=index)]
+        finally:
+            ip.link("del", ifname=name)  # takes its peer with it
+    ok = "clsact" in kinds
+    return Check(
+        "clsact", ok, "clsact qdisc created on a scratch veth in this network namespace" if ok else f"qdiscs: {kinds}"
+    )
 
 
 def check_dapb_object() -> Check:

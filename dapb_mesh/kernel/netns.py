@@ -27,6 +27,18 @@ def in_cgroup(cgroup: Path, argv: list[str]) -> list[str]:
     return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup / "cgroup.procs"), *argv]
 
 
+_CAP_SYS_ADMIN = 21
+
+
+def may_create_netns() -> bool:
+    """Whether this process may make a network namespace (CAP_SYS_ADMIN): the agent's container has only CAP_BPF,
+    CAP_NET_ADMIN and CAP_PERFMON, and runs its probes in its own namespace instead."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> _CAP_SYS_ADMIN & 1)
+    return False
+
+
 def create_netns(name: str) -> None:
     """`ip netns add`: synchronous, and checked (pyroute2's forked creation once left no namespace behind)."""
     done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
@@ -44,6 +56,7 @@ class Pod:
 
     name: str
     netns: str
+    """The named namespace (/run/netns/NAME); empty: the caller's own (a scratch pod made without CAP_SYS_ADMIN)."""
     cgroup: Path
     address: str
     ifname: str
@@ -58,9 +71,13 @@ class Pod:
     def popen(self, argv: list[str], *, container: str | None = None, uid: int | None = None, **kwargs):
         """Start argv inside this pod's netns, in the pod's cgroup or one of its containers, optionally as uid."""
         cgroup = self.container(container) if container else self.cgroup
-        user = [f"--setuid={uid}", f"--setgid={uid}"] if uid is not None else []  # after setns, as root
+        if self.netns:
+            user = [f"--setuid={uid}", f"--setgid={uid}"] if uid is not None else []  # after setns, as root
+            enter = ["nsenter", f"--net=/run/netns/{self.netns}", *user]
+        else:
+            enter = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
         proc = subprocess.Popen(
-            in_cgroup(cgroup, ["nsenter", f"--net=/run/netns/{self.netns}", *user, *argv]),
+            in_cgroup(cgroup, [*enter, *argv]),
             process_group=0,  # its own process group, so a kill reaches the whole pod process
             **kwargs,
         )
@@ -82,22 +99,30 @@ class Pod:
 
 @contextmanager
 def scratch_pod(kernel: KernelConfig | None = None, label: str = "scratch"):
-    """One throw-away pod (netns with lo up + cgroup), removed on exit."""
-    from pyroute2 import NetNS
+    """One throw-away pod (netns with lo up + cgroup), removed on exit. Without CAP_SYS_ADMIN (the agent's
+    container) no namespace can be made: the pod is then a cgroup in this process's own network namespace, which
+    is enough for probes that attach to the cgroup (only the pod's processes are affected) and talk over lo."""
+    from pyroute2 import IPRoute, NetNS
 
     kernel = kernel or KernelConfig()
     name = f"{PREFIX}{label}-{uuid.uuid4().hex[:8]}"
     pod = Pod(name, name, kernel.cgroup2_root / name, "127.0.0.1", "lo")
     pod.cgroup.mkdir()
     try:
-        create_netns(name)
-        with NetNS(name) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        if may_create_netns():
+            create_netns(name)
+            with NetNS(name) as ns:
+                ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+        else:
+            pod.netns = ""
+            with IPRoute() as ip:
+                ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
         yield pod
     finally:
         pod.stop()
-        with suppress(Exception):
-            remove_netns(name)
+        if pod.netns:
+            with suppress(Exception):
+                remove_netns(name)
         remove_cgroup(pod.cgroup)
 
 
