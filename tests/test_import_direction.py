@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "dapb_mesh"
 LAB = ("dapb_mesh.testbed", "dapb_mesh.bench")
 MAY_IMPORT_THE_LAB = (*LAB, "dapb_mesh.cli")  # the lab itself, and the commands that run it
-STILL_IMPORTED_BY_THE_CLI = {"dapb_mesh.predictor.collect": "dapb_mesh.bench.collect"}
+STILL_IMPORTED_BY_THE_CLI: dict[str, str] = {}
 """Old names left for the command line while it still imports them (a shim that re-exports the new place): each
 is tolerated only as long as the command line needs it."""
 

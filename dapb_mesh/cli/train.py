@@ -28,7 +28,7 @@ def train_collect(
     config: ConfigOption = None,
 ) -> None:
     """Run the raw hop across a grid of contexts and record every candidate decision's measured outcome."""
-    from dapb_mesh.predictor.collect import FULL_GRID, HELD_OUT, QUICK_GRID, collect
+    from dapb_mesh.bench.collect import FULL_GRID, HELD_OUT, QUICK_GRID, collect
 
     grids = {"full": FULL_GRID, "quick": QUICK_GRID, "held-out": HELD_OUT}
     if grid not in grids:
