@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -223,15 +224,19 @@ print(json.dumps([dapb_mesh.__file__, str(a.source_tree()), {x.name: str(a.path(
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """A fresh venv outside the repository with the wheel and its dependencies installed from wheels only."""
-    wheels = tmp_path_factory.mktemp("wheels")
-    run(["bash", IMAGES, "wheels", wheels], timeout=900)
-    venv = tmp_path_factory.mktemp("user") / "venv"
-    assert not venv.is_relative_to(ROOT)
-    run([sys.executable, "-m", "venv", venv], timeout=120)
-    run([venv / "bin" / "pip", "install", "-q", "--no-index", "--find-links", wheels, "dapb-mesh"], timeout=900)
-    return venv
+def installed():
+    """A fresh venv outside the repository with the wheel and its dependencies installed from wheels only;
+    removed afterwards (it is about 900 MB)."""
+    scratch = Path(tempfile.mkdtemp(prefix="dapb-wheel-test-"))
+    try:
+        wheels, venv = scratch / "wheels", scratch / "venv"
+        assert not venv.is_relative_to(ROOT)
+        run(["bash", IMAGES, "wheels", wheels], timeout=900)
+        run([sys.executable, "-m", "venv", venv], timeout=120)
+        run([venv / "bin" / "pip", "install", "-q", "--no-index", "--find-links", wheels, "dapb-mesh"], timeout=900)
+        yield venv
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_the_wheel_installed_outside_the_repository_runs_on_its_own_artifacts(installed, tmp_path):
