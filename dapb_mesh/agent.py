@@ -285,6 +285,7 @@ class Agent:
         self._publish_lock = threading.Lock()
         self.decision_counts: Counter[tuple[str, str]] = Counter()
         self.rejected_inputs: Counter[tuple[str, str]] = Counter()  # (source, reason) the agent itself refused
+        self._filter_refusals: set = set()  # the last publication's refused filter entries (logged once)
         self.fallback_counts: Counter[str] = Counter()
         self._stop = threading.Event()
         self._stats = None
@@ -379,6 +380,7 @@ class Agent:
             buffer_limit_bytes=a.proxy_buffer_limit_bytes,
             urgent_prefix=a.urgent_prefix,
             rejected=self.rejected_inputs,
+            seen=self._filter_refusals,
         )
 
     def publish_filter_config(self) -> bool:

@@ -64,6 +64,8 @@ def _finite(value: Any) -> Any:
 
 U32_MAX = 2**32 - 1
 """Sizes reach the kernel in u32 slots (bpf/dapb.h): a larger one would wrap."""
+FILTER_MAX_PREFIX_BYTES = 16
+"""Bytes of the filter's urgent_prefix in UTF-8 (MAX_PREFIX in wasm_filter/dapb_filter.c)."""
 FILTER_UINT_MAX = 2**24 - 1
 """The Wasm filter refuses a configuration with a hold or buffer limit of 2^24 or more (parse_uint in
 wasm_filter/dapb_filter.c)."""
@@ -337,8 +339,8 @@ class AgentConfig(_Strict):
     @field_validator("urgent_prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if len(v.encode()) > 16 or '"' in v or "\\" in v:
-            raise ValueError(f"{v!r}: at most 16 bytes, no quote or backslash (the filter takes it byte for byte)")
+        if len(v.encode()) > FILTER_MAX_PREFIX_BYTES:
+            raise ValueError(f"{v!r}: at most {FILTER_MAX_PREFIX_BYTES} bytes of UTF-8 (the filter's limit)")
         return v
 
 

@@ -25,6 +25,7 @@ wheel() {  # DIR -> the path of the wheel
     local out=$1 before
     mkdir -p "$out"
     before=$(date +%s)
+    rm -rf "$ROOT/build"  # setuptools reuses build/lib: a module deleted from the source would ship
     "$PY" -m pip wheel -q --no-deps -w "$out" "$ROOT" >&2
     log "wheel built in $(($(date +%s) - before)) s"
     ls -t "$out"/dapb_mesh-*.whl | head -n1

@@ -7,9 +7,6 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "dapb_mesh"
 LAB = ("dapb_mesh.testbed", "dapb_mesh.bench")
 MAY_IMPORT_THE_LAB = (*LAB, "dapb_mesh.cli")  # the lab itself, and the commands that run it
-STILL_IMPORTED_BY_THE_CLI: dict[str, str] = {}
-"""Old names left for the command line while it still imports them (a shim that re-exports the new place): each
-is tolerated only as long as the command line needs it."""
 
 
 def module_name(path: Path) -> str:
@@ -56,19 +53,9 @@ def test_the_product_never_imports_the_lab():
         for m, targets in GRAPH.items()
         if not within(m, MAY_IMPORT_THE_LAB)
         for target, line in targets.items()
-        if within(target, LAB) and STILL_IMPORTED_BY_THE_CLI.get(m) != target
+        if within(target, LAB)
     ]
     assert arrows == [], "the product imports the lab:\n" + "\n".join(arrows)
-
-
-def test_an_old_name_is_kept_only_while_the_command_line_imports_it():
-    for old, new in STILL_IMPORTED_BY_THE_CLI.items():
-        assert set(GRAPH[old]) == {new}, f"{old} is only a re-export of {new}"
-        users = [m for m, targets in GRAPH.items() if old in targets]
-        assert users and all(within(m, ("dapb_mesh.cli",)) for m in users), (
-            f"{old}: imported by {users or 'nobody'}; only the command line may use it, and once it no longer"
-            f" does, delete {MODULES[old].relative_to(PACKAGE.parent)}"
-        )
 
 
 def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:

@@ -3,7 +3,6 @@ pins of a wrong shape are never reused, a full socket table and too many port ru
 traffic flows. Uses the `pair` fixture (two network namespaces, cgroups) from conftest."""
 
 import ctypes
-import os
 import time
 import uuid
 
@@ -94,7 +93,7 @@ def test_pins_of_another_shape_are_never_reused(instance):
     dp.close()
     again = Datapath.load(instance)
     try:
-        assert again.adopted is False and [d.name for d in again.older_layouts] == [f"{MAPS_DIR}-stale-{os.getpid()}"]
+        assert again.adopted is False and [d.name[:11] for d in again.older_layouts] == [f"{MAPS_DIR}-stale-"]
         assert again.write_policy({}) >= 1  # the fresh policy map takes a full slot
         assert again.retire_older_layouts() and len(list(again.root.glob(f"{MAPS_DIR}*"))) == 1
     finally:

@@ -164,12 +164,21 @@ def cpu_hog(cores: int, seconds: float) -> Iterator[None]:
             p.wait()
 
 
-def _noise(values: list[float]) -> float:
-    """The spread of repeated baseline runs: the median absolute deviation scaled to a standard deviation."""
-    if len(values) < 3:
-        return 0.0
+MIN_RUNS_FOR_SPREAD = 3  # runs a sample needs before its spread means anything
+
+
+def spread(values: list[float]) -> float | None:
+    """The spread of repeated runs: the median absolute deviation scaled to a standard deviation (robust to one
+    wild run); None with fewer than MIN_RUNS_FOR_SPREAD runs."""
+    if len(values) < MIN_RUNS_FOR_SPREAD:
+        return None
     mid = statistics.median(values)
     return 1.4826 * statistics.median(abs(v - mid) for v in values)
+
+
+def _noise(values: list[float]) -> float:
+    """The spread of repeated baseline runs, 0 when too few to tell."""
+    return spread(values) or 0.0
 
 
 def within(runs: list[dict], bases: list[dict]) -> dict:

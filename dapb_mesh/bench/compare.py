@@ -15,11 +15,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dapb_mesh.bench.clients import NOISE_SIGMAS
+from dapb_mesh.bench.clients import MIN_RUNS_FOR_SPREAD as MIN_RUNS
+from dapb_mesh.bench.clients import NOISE_SIGMAS, spread
 from dapb_mesh.bench.report import cpu_us_per_message, load_result, num, pyplot
-
-MIN_RUNS = 3  # runs a side needs before its spread means anything
-MAD_TO_SIGMA = 1.4826  # the median absolute deviation of a normal sample, scaled to its standard deviation
 
 SCENARIO_METRICS = (
     ("segments_per_message", "segments per message", ""),
@@ -70,11 +68,7 @@ class Stat:
 
     @classmethod
     def of(cls, values: list[float], medians: bool = False) -> Stat:
-        mid = statistics.median(values)
-        sigma = None
-        if len(values) >= MIN_RUNS:
-            sigma = MAD_TO_SIGMA * statistics.median(abs(v - mid) for v in values)
-        return cls(mid, min(values), max(values), len(values), sigma, medians)
+        return cls(statistics.median(values), min(values), max(values), len(values), spread(values), medians)
 
     def text(self, unit: str = "") -> str:
         spread = f" [{num(self.low)}-{num(self.high)}]" if self.runs > 1 else ""
@@ -294,8 +288,8 @@ def markdown(comparisons: list[Comparison], figures: list[str]) -> str:
             lines += [f"![{c.other} against {c.reference}]({figure})", ""]
     lines += [
         f"Difference: the median of the second side minus the first's. Noise: {NOISE_SIGMAS:g} x the two sides' "
-        f"spreads combined (each the median absolute deviation of its runs x {MAD_TO_SIGMA}); a side needs "
-        f"{MIN_RUNS} runs to have one. Values in brackets: the lowest and highest run.",
+        "spreads combined (each the median absolute deviation of its runs, scaled to a standard deviation); a side "
+        f"needs {MIN_RUNS} runs to have one. Values in brackets: the lowest and highest run.",
     ]
     return "\n".join(lines) + "\n"
 

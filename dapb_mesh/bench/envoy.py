@@ -180,7 +180,7 @@ def run_envoy(
         dp = Datapath.load(f"bench-{uuid.uuid4().hex[:8]}", settings.kernel)
         try:
             dp.set_dscp_class(dscp, cls)
-            dp.set_port_class(INBOUND_PORT, L.CLASS_RECEIVER)
+            dp.set_port_rules({INBOUND_PORT: L.CLASS_RECEIVER})
             dp.set_guard(SIDECAR_UID, mesh.pod_networks)  # every pod's sidecar bounds its delayed ACK
             for netns, ifname in mesh.sending_interfaces:  # every hop's segments, counted where they leave
                 dp.attach_tc(ifname, netns=netns)

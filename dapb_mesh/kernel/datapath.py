@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import os
 import shutil
+import time
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from pathlib import Path
@@ -160,7 +161,7 @@ class Datapath:
             maps_dir = root / f"{MAPS_DIR}-{layout_tag(shapes)}"
             if maps_dir.is_dir() and not _pins_match(maps_dir, shapes):
                 # same name, another shape: pins made by hand or by a build that forgot to bump the version
-                stale = root / f"{MAPS_DIR}-stale-{os.getpid()}"
+                stale = root / f"{MAPS_DIR}-stale-{time.time_ns()}"  # unique: an agent is often pid 1
                 maps_dir.rename(stale)
             older = sorted(d for d in _maps_dirs(root) if d != maps_dir)
             maps_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,8 @@ class Datapath:
             raise
         owners.register(f"bpf-{instance}")
         dp = cls(instance, root, maps, progs, obj)
-        dp.adopted = len(reused) == len(MAPS)
+        # adopted: every map was pinned and a policy written (a loader that died between the two left none)
+        dp.adopted = len(reused) == len(MAPS) and dp.read_config().version > 0
         dp.older_layouts = older
         return dp
 
@@ -462,14 +464,6 @@ class Datapath:
                 libbpf.map_delete(fd, ctypes.c_uint32(old))
         for port, cls in rules.items():
             libbpf.map_update(fd, ctypes.c_uint32(port), ctypes.c_uint32(cls))
-
-    def set_port_class(self, port: int, cls: int) -> None:
-        if not 0 < port < 65536:
-            raise DatapathError(f"port {port} out of range 1..65535")
-        libbpf.map_update(self._maps["dapb_port_class"], ctypes.c_uint32(port), ctypes.c_uint32(cls))
-
-    def clear_port_class(self, port: int) -> None:
-        libbpf.map_delete(self._maps["dapb_port_class"], ctypes.c_uint32(port))
 
     def set_dscp_class(self, dscp: int, cls: int) -> None:
         if not 0 <= dscp < 64:

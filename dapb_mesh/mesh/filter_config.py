@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from dapb_mesh.config import FILTER_MAX_HOLD_MS, FILTER_UINT_MAX, PolicyConfig
+from dapb_mesh.config import FILTER_MAX_HOLD_MS, FILTER_MAX_PREFIX_BYTES, FILTER_UINT_MAX, PolicyConfig
 
 VERSION = 1
 """The contract's version: "version" in the configuration (CONFIG_VERSION in C)."""
@@ -29,7 +29,7 @@ MAX_ROUTES = 64
 """Route entries the filter keeps; later ones (in name order) are refused."""
 MAX_ROUTE_NAME_BYTES = 96
 """Bytes of a route name in UTF-8 (MAX_NAME in C)."""
-MAX_PREFIX_BYTES = 16
+MAX_PREFIX_BYTES = FILTER_MAX_PREFIX_BYTES
 """Bytes of urgent_prefix in UTF-8 (MAX_PREFIX in C)."""
 MAX_UINT = FILTER_UINT_MAX
 """hold_bytes and buffer_limit_bytes (MAX_UINT in C); a larger buffer limit is clamped to it."""

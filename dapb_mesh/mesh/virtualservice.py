@@ -287,9 +287,6 @@ def load_directory(directory: Path) -> tuple[list[dict], list[Problem]]:
     return found, problems
 
 
-_refused_last: set[Refusal] = set()  # logged once while they last, not on every publication
-
-
 def plugin_config(
     table: list[RouteUrgency] | Mapping[str, float],
     policy: PolicyConfig,
@@ -298,21 +295,24 @@ def plugin_config(
     buffer_limit_bytes: int = 0,
     urgent_prefix: str = "",
     rejected: Counter[tuple[str, str]] | None = None,
+    seen: set[Refusal] | None = None,
 ) -> str:
     """The Wasm filter's configuration as it is published: the JSON of a FilterConfig (mesh/filter_config.py, the
     contract with wasm_filter/dapb_filter.c). ``table``: urgency per route (RouteUrgency entries or the companion's
     {route: urgency}); ``hold``: (B, T in ms) when the filter enforces the throughput class's decision
     (Decision.filter_hold), (0, 0) otherwise. An entry the filter could not take is left out (or clamped) and
-    logged with its reason (and counted in ``rejected`` as ("filter_config", code)); the rest is published."""
+    logged with its reason (and counted in ``rejected`` as ("filter_config", code)); the rest is published.
+    ``seen``: the caller's refusals of its last publication, logged and counted once while they last (updated)."""
     pairs = table.items() if isinstance(table, Mapping) else ((e.route, e.urgency) for e in table)
     config, refused = filter_config.build(
         dict(pairs), policy, hold=hold, buffer_limit_bytes=buffer_limit_bytes, urgent_prefix=urgent_prefix
     )
     for refusal in refused:
-        if refusal not in _refused_last:
+        if seen is None or refusal not in seen:
             log.warning("%s", refusal)
             if rejected is not None:
                 rejected[("filter_config", refusal.code)] += 1
-    _refused_last.clear()
-    _refused_last.update(refused)
+    if seen is not None:
+        seen.clear()
+        seen.update(refused)
     return config.to_json()

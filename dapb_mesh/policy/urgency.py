@@ -27,7 +27,7 @@ __all__ = [
 
 # Urgency implied by well-known DSCP values when traffic arrives already marked.
 _DSCP_URGENCY = {
-    46: 1.0,  # EF
+    DSCP_LATENCY: 1.0,  # EF
     44: 1.0,  # VOICE-ADMIT
     40: 0.9,  # CS5 signalling
     48: 1.0,  # CS6 network control
@@ -35,7 +35,7 @@ _DSCP_URGENCY = {
     34: 0.8,  # AF41 interactive video
     26: 0.6,  # AF31
     18: 0.5,  # AF21 low-latency data
-    10: 0.1,  # AF11 high-throughput data
+    DSCP_THROUGHPUT: 0.1,  # AF11 high-throughput data
     8: 0.0,  # CS1 lower effort
     1: 0.0,  # LE (RFC 8622)
 }
