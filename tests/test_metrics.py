@@ -71,3 +71,15 @@ def test_percentile_nearest_rank():
     assert percentile(data, 99) == 99
     assert percentile(data, 100) == 100
     assert math.isnan(percentile([], 50))
+
+
+def test_repeated_runs_keep_every_value_beside_the_median():
+    """Medians of repeats, with each repeat's numbers kept (per_run) so that reports and compare show the spread;
+    lost bytes add up; a single run carries no per_run."""
+    from dapb_mesh.bench.metrics import median_of
+
+    runs = [{"latency_max_ms": v, "lost_bytes": lost, "hist": [1, 2]} for v, lost in ((3.0, 0), (9.0, 5), (4.0, 0))]
+    out = median_of(runs)
+    assert out["latency_max_ms"] == 4.0 and out["lost_bytes"] == 5 and out["hist"] == [3, 6] and out["repeats"] == 3
+    assert out["per_run"] == {"latency_max_ms": [3.0, 9.0, 4.0], "lost_bytes": [0, 5, 0]}
+    assert "per_run" not in median_of(runs[:1])

@@ -146,4 +146,10 @@ def median_of(runs: list[dict[str, float]]) -> dict[str, float]:
         else:
             out[key] = sum(values) if key == "lost_bytes" else statistics.median(values)
     out["repeats"] = len(runs)
+    if len(runs) > 1:  # every repeat of every number, so that reports and `dapb bench compare` show the spread
+        out["per_run"] = {
+            key: [r[key] for r in runs]
+            for key in runs[0]
+            if all(isinstance(r[key], int | float) and not isinstance(r[key], bool) for r in runs)
+        }
     return out
