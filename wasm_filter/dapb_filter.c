@@ -1013,7 +1013,8 @@ WASM_EXPORT(proxy_on_configure) int32_t proxy_on_configure(uint32_t root_id, siz
 	*p = parsed;
 	newest = p;
 	// Tick while this configuration holds or anything in the VM is still held (perhaps under a root whose
-	// timer Envoy has stopped).
+	// timer Envoy has stopped). The timer is this root's: release_all() made a stream's context effective.
+	proxy_set_effective_context(root_id);
 	proxy_set_tick_period_milliseconds(any_plugin_holds() || any_held() ? 1 : 0);
 	struct line l = {.n = 0};
 	if (rejected) {
