@@ -452,7 +452,7 @@ def test_request_response_through_sidecars_dapb_leaves_api_traffic_alone(tmp_pat
 @pytest.mark.parametrize("rate, t_ms", [(1000, 10), (200, 50)])
 def test_filter_aggregates_streams_the_kernel_cannot(tmp_path, rate, t_ms):
     """Through two Envoys: at 1,000 msg/s (T = 10 ms) and 200 msg/s (T = 50 ms, ten messages per wait) the policy
-    picks the filter and loses nothing in every run; a hold that never ends (over twice the bound) fails every
+    picks the filter and loses nothing in every run; a hold that never ends (over five bounds) fails every
     run. In one of up to three runs it sends at most 2.5x the achievable segments and holds no message more than
     T + 2 ms beyond baseline's worst (on a starved core Envoy's timer itself can fire late: the machine's, not
     the filter's)."""
@@ -489,5 +489,7 @@ def test_filter_aggregates_streams_the_kernel_cannot(tmp_path, rate, t_ms):
     for result in runs:
         base, dapb = (result["modes"][m] for m in ("baseline", "dapb"))
         assert dapb["enforcer"] == "filter" and base["lost_bytes"] == dapb["lost_bytes"] == 0
-        assert dapb["latency_max_ms"] <= base["latency_max_ms"] + 2 * dapb["enforced_bound_ms"] + 2
+        # a hold that never ended would wait for the stream's end (a second or more); Envoy's timer on a busy
+        # node has been seen 19 ms late (issue 18), so every run is held to five bounds, one run to the bound
+        assert dapb["latency_max_ms"] <= base["latency_max_ms"] + 5 * dapb["enforced_bound_ms"] + 5
     assert good(runs[-1]), {k: runs[-1]["modes"]["dapb"][k] for k in ("data_segments", "latency_max_ms")}
